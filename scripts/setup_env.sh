@@ -1,0 +1,32 @@
+# Sourced by quickstart.sh and test.sh: create (or reuse) .venv and install the pinned requirements.
+# Idempotent: a stamp holding the hash of the requirement files skips pip when nothing changed.
+# Usage: source scripts/setup_env.sh [requirements-dev.txt]
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+reqs=("$ROOT/requirements.txt")
+for extra in "$@"; do reqs+=("$ROOT/$extra"); done
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[setup] creating $VENV"
+  python3 -m venv "$VENV"
+fi
+want="$(cat "${reqs[@]}" | sha256sum | cut -d' ' -f1)"
+stamp="$VENV/.installed-${want:0:16}"
+if [ ! -f "$stamp" ]; then
+  echo "[setup] installing ${reqs[*]##*/} (first run: a few minutes)"
+  "$VENV/bin/python" -m pip install --quiet --upgrade pip
+  # torch first, by its exact pin: a bare or ranged torch pulled in by another package could
+  # otherwise fetch a multi-GB CUDA build on a machine that only needs the CPU one.
+  "$VENV/bin/python" -m pip install --quiet "$(grep -E '^torch==' "$ROOT/requirements.txt")"
+  pip_args=()
+  for r in "${reqs[@]}"; do pip_args+=(-r "$r"); done
+  "$VENV/bin/python" -m pip install --quiet "${pip_args[@]}"
+  touch "$stamp"  # only after every install succeeded
+else
+  echo "[setup] $VENV is up to date"
+fi
+export PATH="$VENV/bin:$PATH"
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+# Offline by design: nothing in the quickstart or the tests talks to a hub.
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_NO_ADVISORY_WARNINGS=1 TOKENIZERS_PARALLELISM=false

@@ -1,0 +1,51 @@
+"""Shared offline fixtures: built once per test session in a temporary folder, never downloaded."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the top-level scripts (pre_tokenize.py, train.py, ...) import as modules
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from longalign import synthetic  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("fixtures")
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(fixtures_dir) -> Path:
+    """A byte-level BPE tokenizer (vocab 1024) with a chat template; AutoTokenizer loads it."""
+    path = fixtures_dir / "tokenizer"
+    synthetic.train_tokenizer(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(fixtures_dir, tokenizer) -> Path:
+    """A random 2-layer Llama (hidden 64, 4 heads / 2 KV heads) saved with its tokenizer."""
+    path = fixtures_dir / "tiny-llama"
+    synthetic.build_tiny_llama(path, tokenizer)
+    return path
+
+
+@pytest.fixture(scope="session")
+def chat_data_dir(fixtures_dir) -> Path:
+    """raw/long.jsonl (24 long, 300-2400 words) and raw/sharegpt.jsonl (120 short chats)."""
+    path = fixtures_dir / "chat"
+    synthetic.write_chat_data(path, num_long=24, num_short=120, long_min_words=300, seed=0)
+    return path
