@@ -29,13 +29,12 @@ import torch
 from torch import nn
 from transformers import LlamaConfig, PreTrainedModel
 from transformers.activations import ACT2FN
-from transformers.cache_utils import DynamicCache
 from transformers.generation import GenerationMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
 
-from longalign.attention import attention, pack_segments, position_ids_from_cu_seqlens
+from longalign.attention import attention, prepare_positions, resolve_cache
 from longalign.loss import LMHead
 
 # ---------------------------------------------------------------------------------------------
@@ -65,10 +64,11 @@ class RotaryEmbedding(nn.Module):
     also returns the attention scaling some of them (yarn) apply to cos and sin.
     """
 
-    def __init__(self, config, rotary_dim: int):
+    def __init__(self, config, rotary_dim: int, rope_parameters: dict | None = None):
         super().__init__()
         self.config, self.rotary_dim = config, rotary_dim
-        self.rope_type = config.rope_parameters.get("rope_type", "default")
+        self.rope_parameters = rope_parameters or config.rope_parameters  # {"rope_type", "rope_theta", ...}
+        self.rope_type = self.rope_parameters.get("rope_type", "default")
         # read by transformers' dynamic_rope_update (dynamic NTK recomputes inv_freq past this length)
         self.max_seq_len_cached = self.original_max_seq_len = config.max_position_embeddings
         inv_freq, self.attention_scaling = self.compute_inv_freq()
@@ -77,7 +77,7 @@ class RotaryEmbedding(nn.Module):
 
     def compute_inv_freq(self) -> tuple[torch.Tensor, float]:
         if self.rope_type == "default":
-            base = self.config.rope_parameters["rope_theta"]
+            base = self.rope_parameters["rope_theta"]
             exponent = torch.arange(0, self.rotary_dim, 2, dtype=torch.float) / self.rotary_dim
             return 1.0 / (base ** exponent), 1.0
         return ROPE_INIT_FUNCTIONS[self.rope_type](self.config)
@@ -196,22 +196,11 @@ class LlamaModel(LlamaPreTrainedModel):
     def forward(self, input_ids=None, cu_seqlens=None, position_ids=None, attention_mask=None,
                 cache=None, inputs_embeds=None):
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, C)
-        B, T, _ = x.shape
-        max_seqlen = None
-        if cu_seqlens is not None:
-            if cache is not None:
-                raise ValueError("cu_seqlens (packed training) and a KV cache (generation) cannot be combined.")
-            cu_seqlens = pack_segments(cu_seqlens.to(x.device), T)                  # (n+1,) int32
-            max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
-            if position_ids is None:
-                position_ids = position_ids_from_cu_seqlens(cu_seqlens)             # (1, T)
-            attention_mask = None
-        elif position_ids is None:
-            past = cache.get_seq_length() if cache is not None else 0
-            position_ids = torch.arange(past, past + T, device=x.device)[None]     # (1, T)
-        window = getattr(self.config, "sliding_window", None)
-        if window and getattr(self.config, "use_sliding_window", True) and (max_seqlen or T) > window:
-            raise ValueError(f"sequences longer than the sliding window ({window}) are not supported.")
+        cu_seqlens, max_seqlen, position_ids = prepare_positions(x, cu_seqlens, position_ids, cache)
+        window = getattr(self.config, "sliding_window", None)  # Mistral v0.1; Qwen2 when use_sliding_window
+        if window and getattr(self.config, "use_sliding_window", True) and int(position_ids.max()) >= window:
+            raise ValueError(f"sequences longer than the sliding window ({window}) are not supported; "
+                             "shorten them or use a checkpoint without a window.")
         rope = self.rotary_emb(x, position_ids)                                     # 2 x (B, T, D/2)
         for layer in self.layers:
             x = layer(x, rope, cache, cu_seqlens, max_seqlen, attention_mask)
@@ -232,17 +221,8 @@ class LlamaForCausalLM(LlamaPreTrainedModel, GenerationMixin):
                 inputs_embeds=None, cache=None, logits_to_keep=0, **kwargs):
         """See the module docstring. Extra keys (e.g. the Trainer's num_items_in_batch) are ignored."""
         cache = cache if cache is not None else past_key_values  # transformers 5 calls it `cache`
-        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
-        if use_cache and cache is None and cu_seqlens is None and labels is None:
-            cache = DynamicCache(config=self.config)
-        if not use_cache:
-            cache = None
+        cache = resolve_cache(self, cache, use_cache, cu_seqlens is not None or labels is not None)
         hidden = self.model(input_ids, cu_seqlens, position_ids, attention_mask, cache, inputs_embeds)
-        loss = logits = None
-        if labels is not None:
-            loss = self.lm_head(hidden, labels, loss_weights, cu_seqlens)             # scalar
-        else:
-            if logits_to_keep:                                                     # generate(): last token only
-                hidden = hidden[:, -logits_to_keep:]
-            logits = self.lm_head(hidden)                                          # (B, T, V)
+        # (loss, None) with labels, else (None, logits (B, T, V))
+        loss, logits = self.lm_head(hidden, labels, loss_weights, cu_seqlens, logits_to_keep)
         return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache)

@@ -54,6 +54,44 @@ def position_ids_from_cu_seqlens(cu_seqlens: torch.Tensor) -> torch.Tensor:
     return (torch.arange(int(cu[-1]), device=cu.device) - starts).unsqueeze(0)
 
 
+def prepare_positions(x: torch.Tensor, cu_seqlens=None, position_ids=None, cache=None):
+    """The model's per-forward setup -> (segments or None, longest segment or None, position ids (B, T)).
+
+    Packed row: segments from `cu_seqlens`, positions restarting per sequence. Otherwise positions
+    count on from the tokens already in the KV cache. x: (B, T, C) input embeddings.
+    """
+    T = x.shape[1]
+    if cu_seqlens is None:
+        if position_ids is None:
+            past = cache.get_seq_length() if cache is not None else 0
+            position_ids = torch.arange(past, past + T, device=x.device)[None]    # (1, T)
+        return None, None, position_ids
+    if cache is not None:
+        raise ValueError("cu_seqlens (packed training) and a KV cache (generation) cannot be combined.")
+    cu_seqlens = pack_segments(cu_seqlens.to(x.device), T)                          # (n+1,) int32
+    max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+    if position_ids is None:
+        position_ids = position_ids_from_cu_seqlens(cu_seqlens)                     # (1, T)
+    return cu_seqlens, max_seqlen, position_ids
+
+
+def resolve_cache(model, cache, use_cache, packed_or_labels: bool):
+    """The KV cache a forward uses: the caller's, a new DynamicCache for generation, or None.
+
+    Training forwards (labels or a pack) and `use_cache=False` get none; an inference forward
+    without a cache gets a fresh one (generate() then passes it back in).
+    """
+    if use_cache is None:
+        use_cache = model.config.use_cache and not model.training
+    if not use_cache:
+        return None
+    if cache is None and not packed_or_labels:
+        from transformers.cache_utils import DynamicCache
+
+        cache = DynamicCache(config=model.config)
+    return cache
+
+
 # ---------------------------------------------------------------------------------------------
 # Attention
 

@@ -118,15 +118,19 @@ def causal_lm_loss(hidden_states: torch.Tensor, weight: torch.Tensor, labels: to
 class LMHead(nn.Linear):
     """The output layer (`lm_head` / `output_layer`, bias-free), which also computes the loss.
 
-    forward(h) returns logits as nn.Linear does; forward(h, labels, ...) returns the loss instead.
-    The loss lives in this module's forward (not in the model's) because DeepSpeed ZeRO-3 gathers a
-    module's partitioned weight only while that module runs.
+    forward(h) -> (None, logits (B, T, V)) as nn.Linear would compute them (only the last
+    `logits_to_keep` positions when that is > 0, as generate() asks); forward(h, labels, ...) ->
+    (loss, None): with labels no logits are materialised. The loss lives in this module's forward
+    (not the model's) because DeepSpeed ZeRO-3 gathers a module's partitioned weight only while
+    that module runs.
     """
 
     def __init__(self, in_features: int, out_features: int):
         super().__init__(in_features, out_features, bias=False)
 
-    def forward(self, hidden_states, labels=None, loss_weights=None, cu_seqlens=None):
-        if labels is None:
-            return super().forward(hidden_states)                        # (B, T, V)
-        return causal_lm_loss(hidden_states, self.weight, labels, loss_weights, cu_seqlens)
+    def forward(self, hidden_states, labels=None, loss_weights=None, cu_seqlens=None, logits_to_keep: int = 0):
+        if labels is not None:
+            return causal_lm_loss(hidden_states, self.weight, labels, loss_weights, cu_seqlens), None
+        if logits_to_keep:
+            hidden_states = hidden_states[:, -logits_to_keep:]
+        return None, super().forward(hidden_states)

@@ -8,14 +8,14 @@ The model files live at the repository root (users edit them), so the root must 
 it is when a root script (train.py, the evaluation scripts) runs, and in the tests.
 """
 
-from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedConfig
 
 LLAMA_FAMILY = ("llama", "mistral", "qwen2")
 
 
 def load_model(path_or_id, **from_pretrained_kwargs):
     """from_pretrained through our model files where we have one; kwargs go to from_pretrained."""
-    config_dict, _ = PretrainedConfig.get_config_dict(path_or_id)
+    config_dict, _ = PreTrainedConfig.get_config_dict(path_or_id)
     model_type = config_dict.get("model_type")
     if model_type == "chatglm":  # AutoConfig would need the checkpoint's remote code for this one
         from modeling_chatglm import ChatGLMForConditionalGeneration
