@@ -22,6 +22,7 @@ Bad lines never stop the run (unless --strict) and never vanish: each is repaire
 and counted under its reason in meta.json (README, "Data pipeline", lists them).
 """
 
+import itertools
 import json
 import multiprocessing
 import random
@@ -259,7 +260,7 @@ def tokenize_batch(job: tuple[str, list[tuple[int, int]]]) -> list[tuple]:
         if piece_ids is None:
             results[k] = too_long
             continue
-        ids = np.fromiter((t for p in piece_ids for t in p), dtype=np.int64)          # (l,)
+        ids = np.fromiter(itertools.chain.from_iterable(piece_ids), dtype=np.int64)     # (l,)
         mask = np.repeat(np.array(is_answer, dtype=bool), [len(p) for p in piece_ids])  # (l,)
         results[k] = ("ok", ids, mask, truncated)
     return results
