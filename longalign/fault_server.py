@@ -25,6 +25,7 @@ Run as:
 import argparse
 import json
 import re
+import signal
 import threading
 import time
 import zlib
@@ -138,19 +139,26 @@ class FaultServer:
         return Handler
 
 
+def _interrupt(*_):
+    raise KeyboardInterrupt
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1")
     p.add_argument("--slow_s", type=float, default=3.0, help="delay of a 'slow' reply in seconds")
     p.add_argument("--retry_after_ms", type=int, default=20, help="Retry-After sent with 429/500")
     args = p.parse_args(argv)
+    # SIGTERM (kill PID) stops it like Ctrl-C, so the counts below are printed either way.
+    signal.signal(signal.SIGTERM, _interrupt)
     with FaultServer(args.port, args.slow_s, args.retry_after_ms) as srv:
         print(f"fault server at {srv.base_url} (Ctrl-C to stop)", flush=True)
         try:
-            srv.thread.join()
+            while srv.thread.is_alive():
+                srv.thread.join(0.5)  # a short join, so the signal is handled promptly
         except KeyboardInterrupt:
             pass
-        print(f"requests: {dict(srv.requests)}; served: {dict(srv.served)}")
+        print(f"requests: {dict(srv.requests)}; served: {dict(srv.served)}", flush=True)
 
 
 if __name__ == "__main__":

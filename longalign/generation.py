@@ -114,7 +114,8 @@ class Generator:
         self.template, self.template_reason = choose_template(template, self.tokenizer, config.model_type)
         self.model = load_causal_lm(model_path, trust_remote_code)
 
-    def generate(self, messages: list[dict]) -> dict:
+    def generate(self, messages: list[dict], streamer=None) -> dict:
+        """streamer: a transformers streamer (e.g. TextStreamer) that prints tokens as they come (in-process)."""
         if self.client is not None:
             resp = self.client.chat.completions.create(
                 model=self.server_model, messages=messages, max_tokens=self.max_new_tokens,
@@ -135,7 +136,8 @@ class Generator:
             out = self.model.generate(
                 **enc, max_new_tokens=self.max_new_tokens, do_sample=sample,
                 temperature=self.temperature if sample else None, top_p=None if sample else None,
-                top_k=None, pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
+                top_k=None, pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+                streamer=streamer)
         return {"text": self.tokenizer.decode(out[0, n:], skip_special_tokens=True).strip(), "prompt_tokens": n}
 
 
@@ -152,6 +154,20 @@ def load_causal_lm(model_path: str, trust_remote_code: bool = False):
 
 # ---------------------------------------------------------------------------------------------
 # Resumable JSONL
+
+def read_jsonl(path: Path, what: str) -> list[dict]:
+    """All rows of a JSONL file another step wrote; a missing or broken file names that step."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} does not exist; run {what} first or fix the flag")
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            raise UserError(f"{path} line {n} is not valid JSON; run {what} again") from None
+    return rows
+
 
 class JsonlTable:
     """Rows of a JSONL file by key. Rows for which keep(row) is False (e.g. failed judgements that
