@@ -1,0 +1,251 @@
+"""Chat formats: the paper's two prompt formats, the tokenizer's own chat template, and the labels.
+
+A conversation is a list of {"role": "system"|"user"|"assistant", "content": str}: an optional system
+turn first, then user/assistant turns alternating, starting with a user turn.
+
+Formats (`template`), as the paper trains them (rounds joined by "\\n\\n", i counts from 1):
+
+    chatglm        [Round {i}]\\n\\n问：{user}\\n\\n答：{assistant}
+    llama          [INST]{user}[/INST]{assistant}
+    chat_template  whatever tokenizer.apply_chat_template renders
+
+A system turn is a paragraph before round 1 in `chatglm` ("{system}\\n\\n[Round 1]..."), and Llama-2's
+"<<SYS>>\\n{system}\\n<</SYS>>\\n\\n" at the start of the first user turn in `llama`.
+
+Tokenization is per segment: a conversation is cut into alternating pieces of context (format text and
+user turns) and answers, each piece is tokenized on its own (all pieces of a batch of conversations in
+one fast-tokenizer call), and the ids are concatenated:
+
+    pieces   [Round 1]\\n\\n问：{user}\\n\\n答：  |  {answer}  |  \\n\\n[Round 2]\\n\\n问：{user}\\n\\n答：  |  {answer}
+    ids      prefix + ids(piece 0)         + ids(answer) + [eos] + ids(piece 2)              + ids(answer) + [eos]
+    labels   -100 ...                        answer ids    eos     -100 ...                      answer ids    eos
+
+so the label boundaries are exact without character offsets. Tokenizing the pieces separately can differ
+from tokenizing the whole string at the piece boundaries (a BPE merge across "答：" and the answer's
+first character cannot happen); that is the point: at generation time the model reads exactly the
+prompt ids and writes the answer from a token boundary, and `encode_prompt` builds the prompt from the
+same pieces, so what the model sees when it answers equals what it was trained on. `prefix` is the
+tokenizer's own special prefix (`<s>` for Llama, `[gMASK]sop` for ChatGLM3), or its BOS token when it
+adds none itself; for `chat_template` the template writes its own special tokens as text.
+"""
+
+from collections.abc import Sequence
+
+IGNORE_INDEX = -100
+TEMPLATES = ("chatglm", "llama", "chat_template")
+ROLES = ("system", "user", "assistant")
+
+# --model aliases: the paper's long-context base models (the paper's tokenizers; pre_tokenize only needs
+# the tokenizer) and the format each was trained with.
+MODEL_ALIASES = {"chatglm": "THUDM/LongAlign-6B-64k-base", "llama": "THUDM/LongAlign-7B-64k-base"}
+ALIAS_TEMPLATES = {"chatglm": "chatglm", "llama": "llama"}
+
+# ShareGPT's speaker names -> our roles. Anything else is an unknown role.
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "chatgpt": "assistant",
+                  "bard": "assistant", "bing": "assistant", "assistant": "assistant", "system": "system"}
+
+
+def default_template(model: str) -> str:
+    """The alias's paper format; the tokenizer's own template for anything else."""
+    return ALIAS_TEMPLATES.get(model, "chat_template")
+
+
+def sharegpt_to_messages(conversations: Sequence) -> list[dict]:
+    """[{"from": "human"|"gpt"|"system", "value": str}] -> [{"role", "content"}] (unknown speakers keep
+    their name as the role, so a later check reports them instead of silently dropping them)."""
+    out = []
+    for turn in conversations:
+        if not isinstance(turn, dict):
+            out.append(turn)  # left for the caller's check to report
+            continue
+        speaker = turn.get("from")
+        role = SHAREGPT_ROLES.get(speaker.lower(), speaker) if isinstance(speaker, str) else speaker
+        out.append({"role": role, "content": turn.get("value")})
+    return out
+
+
+def check_messages(messages, need_answer: bool = True) -> str | None:
+    """None if `messages` is a well-formed conversation, else a short reason (the skip reasons of
+    pre_tokenize.py). need_answer: the last turn must be an assistant turn (training); without it, the
+    last turn must be a user turn (a prompt for generation)."""
+    if not isinstance(messages, list):
+        return "messages_not_a_list"
+    if not messages:
+        return "empty_messages"
+    for m in messages:
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            return "turn_not_an_object"
+        if m["role"] not in ROLES:
+            return "unknown_role"
+        if not isinstance(m["content"], str):
+            return "content_not_a_string"
+    turns = messages[1:] if messages[0]["role"] == "system" else messages
+    expected = ["user", "assistant"] * (len(turns) // 2 + 1)
+    if not turns or [m["role"] for m in turns] != expected[:len(turns)]:
+        return "roles_out_of_order"
+    if need_answer and turns[-1]["role"] != "assistant":
+        return "no_final_answer"
+    if not need_answer and turns[-1]["role"] != "user":
+        return "no_final_user_turn"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Pieces: a conversation as [(text, is_answer), ...], context and answers alternating.
+
+def _paper_pieces(messages: list[dict], template: str) -> list[tuple[str, bool]]:
+    system = messages[0]["content"] if messages[0]["role"] == "system" else None
+    turns = messages[1:] if system is not None else messages
+    pieces: list[tuple[str, bool]] = []
+    context = ""
+    for i, m in enumerate(turns):
+        if m["role"] == "assistant":
+            pieces += [(context, False), (m["content"], True)]
+            context = ""
+            continue
+        rnd = i // 2 + 1
+        user = m["content"]
+        if template == "chatglm":
+            head = f"{system}\n\n" if (system is not None and rnd == 1) else ""
+            context += ("\n\n" if rnd > 1 else "") + f"{head}[Round {rnd}]\n\n问：{user}\n\n答："
+        elif template == "llama":
+            if system is not None and rnd == 1:
+                user = f"<<SYS>>\n{system}\n<</SYS>>\n\n{user}"
+            context += ("\n\n" if rnd > 1 else "") + f"[INST]{user}[/INST]"
+        else:
+            raise ValueError(f"unknown paper format {template!r}; choose one of {TEMPLATES}")
+    if context:
+        pieces.append((context, False))
+    return pieces
+
+
+def _render(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def _template_pieces(messages: list[dict], tokenizer, add_generation_prompt: bool) -> list[tuple[str, bool]]:
+    """Cut the rendered chat template at each answer. An answer's span is found by rendering the
+    conversation up to it with the generation prompt (where the answer starts) and up to and including
+    it (the span then runs over the answer and the template's end-of-turn text, e.g. `</s>` or
+    `<|im_end|>`, minus trailing whitespace). This works for any template whose rendering of a
+    conversation starts with the rendering of each of its prefixes, which the check below enforces."""
+    full = _render(tokenizer, messages, add_generation_prompt)
+    spans = []
+    for k, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        start = len(_render(tokenizer, messages[:k], True))
+        upto = _render(tokenizer, messages[:k + 1], False)
+        if not full.startswith(upto) or len(upto) < start:
+            raise ValueError("the tokenizer's chat template renders a conversation differently from its "
+                             "prefixes, so answers cannot be located; use --template chatglm or llama")
+        end = start + len(upto[start:].rstrip())
+        spans.append((start, end))
+    pieces, at = [], 0
+    for start, end in spans:
+        pieces += [(full[at:start], False), (full[start:end], True)]
+        at = end
+    if at < len(full):
+        pieces.append((full[at:], False))
+    return pieces
+
+
+def conversation_pieces(messages: list[dict], template: str, tokenizer=None,
+                        add_generation_prompt: bool = False) -> list[tuple[str, bool]]:
+    """The pieces of one conversation. A conversation ending with a user turn gives the generation
+    prompt (its last piece is context)."""
+    if template == "chat_template":
+        if getattr(tokenizer, "chat_template", None) is None:
+            raise ValueError("the tokenizer has no chat template; use --template chatglm or llama")
+        return _template_pieces(messages, tokenizer, add_generation_prompt)
+    return _paper_pieces(messages, template)
+
+
+def build_prompt(messages: list[dict], template: str, tokenizer) -> str:
+    """The text the model sees before it answers the last user turn, special tokens written as text (the
+    tokenizer's prefix, the EOS after each earlier answer in the paper formats; a chat template writes
+    its own), i.e. the decoding of `encode_prompt`. For ids use `encode_prompt`, which tokenizes exactly
+    as training did; `tokenizer(text, add_special_tokens=False)` can differ at piece boundaries."""
+    pieces = conversation_pieces(messages, template, tokenizer, add_generation_prompt=True)
+    if template == "chat_template":
+        return "".join(text for text, _ in pieces)
+    eos = tokenizer.eos_token
+    return tokenizer.decode(special_prefix(tokenizer)) + "".join(text + eos if answer else text
+                                                                for text, answer in pieces)
+
+
+# ---------------------------------------------------------------------------------------------
+# Token ids.
+
+def special_prefix(tokenizer) -> list[int]:
+    """The ids the tokenizer puts before any text when it adds special tokens ([1] for Llama,
+    [gMASK, sop] for ChatGLM3, [] for Qwen2), or [bos] if it adds none but has a BOS token."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    prefix = []
+    for p in range(len(full) - len(plain) + 1):
+        if full[p:p + len(plain)] == plain:
+            prefix = list(full[:p])
+            break
+    if not prefix and tokenizer.bos_token_id is not None:
+        prefix = [tokenizer.bos_token_id]
+    return prefix
+
+
+def encode_pieces(batch: list[list[tuple[str, bool]]], template: str, tokenizer,
+                  prefix: list[int] | None = None) -> list[tuple[list[list[int]], list[bool]]]:
+    """Tokenize the pieces of many conversations in one batched call.
+
+    Returns, per conversation, (token ids of each piece, is_answer of each piece); the special prefix is
+    the first piece (context) and, in the paper formats, the EOS is the last token of each answer piece.
+    The paper formats contain no special tokens, so any special-token text inside a user's or assistant's
+    content is tokenized as plain text (split_special_tokens): a user cannot inject an EOS. A chat
+    template writes its own special tokens as text, so there they are parsed (as apply_chat_template does).
+    """
+    paper = template != "chat_template"
+    if prefix is None:
+        prefix = special_prefix(tokenizer) if paper else []
+    texts = [text for pieces in batch for text, _ in pieces]
+    ids = tokenizer(texts, add_special_tokens=False, split_special_tokens=paper)["input_ids"] if texts else []
+    out, at = [], 0
+    eos = [tokenizer.eos_token_id]
+    for pieces in batch:
+        piece_ids, is_answer = [list(prefix)], [False]
+        for _text, answer in pieces:
+            piece_ids.append(ids[at] + eos if (answer and paper) else ids[at])
+            is_answer.append(answer)
+            at += 1
+        out.append((piece_ids, is_answer))
+    return out
+
+
+def join_pieces(piece_ids: list[list[int]], is_answer: list[bool]) -> tuple[list[int], list[int]]:
+    """Concatenate piece ids into (input_ids, labels); labels are unshifted, IGNORE_INDEX off answers."""
+    input_ids, labels = [], []
+    for ids, answer in zip(piece_ids, is_answer, strict=True):
+        input_ids += ids
+        labels += ids if answer else [IGNORE_INDEX] * len(ids)
+    return input_ids, labels
+
+
+def encode_conversations(conversations: list[list[dict]], template: str, tokenizer
+                         ) -> list[tuple[list[int], list[int]]]:
+    """[(input_ids, labels)] of complete conversations, exactly as pre_tokenize.py stores them (before
+    any truncation)."""
+    batch = [conversation_pieces(m, template, tokenizer) for m in conversations]
+    return [join_pieces(*e) for e in encode_pieces(batch, template, tokenizer)]
+
+
+def encode_prompt(messages: list[dict], template: str, tokenizer) -> list[int]:
+    """The prompt ids for generation: the same pieces and the same tokenization as training, ending
+    where the model starts the answer to the last user turn."""
+    pieces = conversation_pieces(messages, template, tokenizer, add_generation_prompt=True)
+    return join_pieces(*encode_pieces([pieces], template, tokenizer)[0])[0]
+
+
+def middle_cut(seq: Sequence, keep: int) -> Sequence:
+    """Keep the first keep//2 and the last keep - keep//2 items (the paper's middle truncation)."""
+    if len(seq) <= keep:
+        return seq
+    head = keep // 2
+    return seq[:head] + seq[len(seq) - (keep - head):]

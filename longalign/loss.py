@@ -1,0 +1,136 @@
+"""The language-modelling loss without ever holding all logits in fp32 (paper Eq. 2-4 per token).
+
+At 64k tokens the fp32 logits alone are 8.4 GB for Llama-2 (vocab 32,000) and 17 GB for ChatGLM3
+(65,024); the usual `lm_head` -> `cross_entropy` keeps them, their log-softmax and their gradient
+alive together. Here the output layer and the cross-entropy are one autograd Function that walks
+the target tokens chunk by chunk through ONE reused (chunk, V) fp32 buffer and, in the same pass,
+computes the gradients w.r.t. the hidden states and the output weight (they only need the softmax
+of the chunk, which is in the buffer right then). Backward only scales them by the incoming gradient.
+Nothing is recomputed and no (T, V) tensor exists.
+
+What the loss is (labels UNSHIFTED, the model shifts; IGNORE_INDEX = -100 is not a target):
+    with loss_weights:  sum_t w_t * CE_t   over target tokens t, NO normalisation
+                        (w_t is the weight stored at the target's own position; the training code
+                        puts w_t = K / (N_i * M) there for Eq. 4)
+    without:            mean of CE_t over the target tokens of this call (0 when there are none)
+With `cu_seqlens` the last token of a packed sequence never predicts the first token of the next.
+"""
+
+import torch
+from torch import nn
+
+from longalign import IGNORE_INDEX
+
+DEFAULT_CHUNK_SIZE = 1024  # rows of logits per chunk: 1024 x 32,000 fp32 = 131 MB, reused
+
+
+# ---------------------------------------------------------------------------------------------
+# Targets: shift, cut at sequence boundaries, keep only the tokens that are targets
+
+def shift_targets(labels: torch.Tensor, loss_weights: torch.Tensor | None = None,
+                  cu_seqlens: torch.Tensor | None = None):
+    """(B, T) unshifted labels/weights -> (B, T) targets/weights aligned with the predicting position.
+
+    Position t predicts token t+1, so targets[:, t] = labels[:, t+1]; the last position predicts
+    nothing. In a pack (cu_seqlens), the position before each sequence start predicts nothing either.
+    """
+    targets = torch.full_like(labels, IGNORE_INDEX)
+    targets[:, :-1] = labels[:, 1:]
+    if cu_seqlens is not None:
+        starts = cu_seqlens.reshape(-1)[1:-1].long()                 # inner sequence starts
+        targets[:, starts - 1] = IGNORE_INDEX
+    weights = None
+    if loss_weights is not None:
+        weights = torch.zeros_like(loss_weights, dtype=torch.float32)
+        weights[:, :-1] = loss_weights[:, 1:]
+    return targets, weights
+
+
+# ---------------------------------------------------------------------------------------------
+# The fused output layer + cross-entropy
+
+class _FusedLinearCrossEntropy(torch.autograd.Function):
+    """sum_n w_n * CE(h_n @ W^T, y_n) for N target rows; gradients computed during the forward."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, token_weights, chunk_size: int, need_grad: bool):
+        # hidden (N, H), weight (V, H), targets (N,) in [0, V), token_weights (N,) fp32
+        n, v = hidden.shape[0], weight.shape[0]
+        buf = torch.empty(min(chunk_size, n), v, dtype=torch.float32, device=hidden.device)  # reused
+        loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_hidden = torch.empty_like(hidden) if need_grad else None
+        # fp32 accumulator for dW: summing many chunks in bf16 would lose the small contributions
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_grad else None
+        for s in range(0, n, chunk_size):
+            h, y, w = hidden[s:s + chunk_size], targets[s:s + chunk_size], token_weights[s:s + chunk_size]
+            logits = buf[: h.shape[0]]                                      # (c, V) fp32 view
+            if hidden.dtype == torch.float32:
+                torch.mm(h, weight.t(), out=logits)
+            else:
+                logits.copy_(h @ weight.t())                                 # bf16 matmul, fp32 softmax
+            lse = torch.logsumexp(logits, dim=1)                             # (c,)
+            ce = lse - logits.gather(1, y[:, None]).squeeze(1)               # (c,)
+            loss += (w * ce).sum()
+            if not need_grad:
+                continue
+            # d(w * CE)/d logits = w * (softmax - onehot(y)), written over the logits in place
+            logits.sub_(lse[:, None]).exp_()
+            logits.scatter_add_(1, y[:, None], logits.new_full((h.shape[0], 1), -1.0))
+            logits.mul_(w[:, None])
+            g = logits if hidden.dtype == torch.float32 else logits.to(hidden.dtype)
+            torch.mm(g, weight, out=grad_hidden[s:s + chunk_size])          # (c, H)
+            grad_weight.addmm_(logits.t(), h.float())                      # (V, H), fp32
+        if need_grad:
+            ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        if not bool(grad_loss == 1):  # the usual case is exactly 1: skip two full passes
+            grad_hidden, grad_weight = grad_hidden * grad_loss, grad_weight * grad_loss
+        return grad_hidden, grad_weight, None, None, None, None
+
+
+def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                               token_weights: torch.Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE) -> torch.Tensor:
+    """sum_n token_weights[n] * CE(hidden[n] @ weight^T, targets[n]); hidden (N, H), targets (N,)."""
+    need_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    return _FusedLinearCrossEntropy.apply(hidden, weight, targets, token_weights, chunk_size, need_grad)
+
+
+def causal_lm_loss(hidden_states: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                   loss_weights: torch.Tensor | None = None, cu_seqlens: torch.Tensor | None = None,
+                   chunk_size: int = DEFAULT_CHUNK_SIZE) -> torch.Tensor:
+    """The model's loss from final hidden states (B, T, H) and the output weight (V, H); see the top."""
+    targets, weights = shift_targets(labels, loss_weights, cu_seqlens)  # (B, T) each
+    rows = (targets != IGNORE_INDEX).reshape(-1).nonzero().squeeze(1)   # (N,) target positions
+    hidden = hidden_states.reshape(-1, hidden_states.shape[-1])[rows]   # (N, H) only rows that count
+    targets = targets.reshape(-1)[rows]
+    if weights is None:
+        # plain token mean: every target weighs 1/N (with N = 0 the sum is empty and the loss is 0)
+        weights = torch.full((rows.numel(),), 1.0 / max(rows.numel(), 1), device=hidden.device)
+    else:
+        weights = weights.reshape(-1)[rows]
+    return fused_linear_cross_entropy(hidden, weight, targets, weights, chunk_size)
+
+
+class LMHead(nn.Linear):
+    """The output layer (`lm_head` / `output_layer`, bias-free), which also computes the loss.
+
+    forward(h) -> (None, logits (B, T, V)) as nn.Linear would compute them (only the last
+    `logits_to_keep` positions when that is > 0, as generate() asks); forward(h, labels, ...) ->
+    (loss, None): with labels no logits are materialised. The loss lives in this module's forward
+    (not the model's) because DeepSpeed ZeRO-3 gathers a module's partitioned weight only while
+    that module runs.
+    """
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__(in_features, out_features, bias=False)
+
+    def forward(self, hidden_states, labels=None, loss_weights=None, cu_seqlens=None, logits_to_keep: int = 0):
+        if labels is not None:
+            return causal_lm_loss(hidden_states, self.weight, labels, loss_weights, cu_seqlens), None
+        if logits_to_keep:
+            hidden_states = hidden_states[:, -logits_to_keep:]
+        return None, super().forward(hidden_states)

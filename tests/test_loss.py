@@ -1,0 +1,104 @@
+"""longalign/loss.py against brute force: full logits, log-softmax, an explicit per-token sum."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from longalign import IGNORE_INDEX
+from longalign.loss import causal_lm_loss, shift_targets
+
+V, H = 50, 16
+
+
+def brute_force(hidden, weight, labels, loss_weights=None, starts=()):
+    """sum_t w_t * CE_t (or the mean) token by token from fully materialised fp32 logits."""
+    logp = F.log_softmax(hidden.float() @ weight.float().t(), dim=-1)  # (B, T, V)
+    terms = []
+    for b in range(labels.shape[0]):
+        for t in range(1, labels.shape[1]):  # token t is predicted at position t-1
+            if labels[b, t] == IGNORE_INDEX or t in starts:
+                continue
+            w = 1.0 if loss_weights is None else loss_weights[b, t]
+            terms.append(-w * logp[b, t - 1, labels[b, t]])
+    total = torch.stack(terms).sum()
+    return total if loss_weights is not None else total / len(terms)
+
+
+@pytest.fixture
+def batch():
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(2, 23, H, generator=g, requires_grad=True)
+    weight = torch.randn(V, H, generator=g, requires_grad=True)
+    labels = torch.randint(0, V, (2, 23), generator=g)
+    labels[torch.rand(2, 23, generator=g) < 0.3] = IGNORE_INDEX
+    loss_weights = torch.rand(2, 23, generator=g)
+    return hidden, weight, labels, loss_weights
+
+
+def grads(loss, *tensors):
+    return torch.autograd.grad(loss, tensors)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 1024])
+@pytest.mark.parametrize("weighted", [True, False])
+def test_loss_and_gradients_match_brute_force(batch, chunk_size, weighted):
+    hidden, weight, labels, loss_weights = batch
+    w = loss_weights if weighted else None
+    ours = causal_lm_loss(hidden, weight, labels, w, chunk_size=chunk_size)
+    ref = brute_force(hidden, weight, labels, w)
+    assert abs(ours.item() - ref.item()) <= 1e-5 * abs(ref.item())
+    for a, b in zip(grads(ours, hidden, weight), grads(ref, hidden, weight), strict=True):
+        assert (a - b).abs().max() <= 1e-5
+    # negative control: dropping one target's weight must change the loss
+    if weighted:
+        w2 = w.clone()
+        w2[labels != IGNORE_INDEX] *= 0.5
+        assert abs(causal_lm_loss(hidden, weight, labels, w2).item() - ref.item()) > 1e-2
+
+
+def test_mean_equals_torch_cross_entropy(batch):
+    hidden, weight, labels, _ = batch
+    ref = F.cross_entropy((hidden @ weight.t())[:, :-1].reshape(-1, V), labels[:, 1:].reshape(-1))
+    assert abs(causal_lm_loss(hidden, weight, labels).item() - ref.item()) <= 1e-6
+
+
+def test_packed_sequence_start_is_never_a_target(batch):
+    hidden, weight, labels, loss_weights = batch
+    hidden, labels, loss_weights = hidden[:1], labels[:1].clone(), loss_weights[:1]
+    cu_seqlens = torch.tensor([0, 9, 15, 23], dtype=torch.int32)
+    labels[0, [9, 15]] = 3  # a real token at the starts, which only the boundary cut can exclude
+    ours = causal_lm_loss(hidden, weight, labels, loss_weights, cu_seqlens)
+    ref = brute_force(hidden, weight, labels, loss_weights, starts=(9, 15))
+    assert abs(ours.item() - ref.item()) <= 1e-5 * abs(ref.item())
+    # negative control: without cu_seqlens those two tokens count
+    assert abs(causal_lm_loss(hidden, weight, labels, loss_weights).item() - ref.item()) > 1e-3
+
+
+def test_shift_targets_layout():
+    labels = torch.tensor([[IGNORE_INDEX, 5, 6, IGNORE_INDEX, 7, 8]])
+    targets, weights = shift_targets(labels, torch.arange(6.0)[None], torch.tensor([0, 3, 6]))
+    assert targets.tolist() == [[5, 6, IGNORE_INDEX, 7, 8, IGNORE_INDEX]]  # position 2 would predict a start
+    assert weights.tolist() == [[1.0, 2.0, 3.0, 4.0, 5.0, 0.0]]
+
+
+def test_incoming_gradient_scales_and_no_targets_gives_zero(batch):
+    hidden, weight, labels, loss_weights = batch
+    g1 = grads(causal_lm_loss(hidden, weight, labels, loss_weights), hidden, weight)
+    g3 = grads(3.0 * causal_lm_loss(hidden, weight, labels, loss_weights), hidden, weight)
+    for a, b in zip(g1, g3, strict=True):
+        assert torch.allclose(3 * a, b, atol=1e-6)
+    empty = torch.full_like(labels, IGNORE_INDEX)
+    loss = causal_lm_loss(hidden, weight, empty)
+    assert loss.item() == 0.0 and all(g.abs().max() == 0 for g in grads(loss, hidden, weight))
+
+
+def test_bf16_is_close_to_fp32(batch):
+    hidden, weight, labels, loss_weights = batch
+    ref = brute_force(hidden, weight, labels, loss_weights)
+    hb, wb = hidden.detach().bfloat16().requires_grad_(), weight.detach().bfloat16().requires_grad_()
+    ours = causal_lm_loss(hb, wb, labels, loss_weights)
+    assert ours.dtype == torch.float32 and abs(ours.item() - ref.item()) <= 2e-2 * abs(ref.item())
+    gh, gw = grads(ours, hb, wb)
+    assert gh.dtype == torch.bfloat16 and gw.dtype == torch.bfloat16
+    rh, rw = grads(ref, hidden, weight)
+    assert (gw.float() - rw).abs().max() <= 2e-2 * rw.abs().max()
