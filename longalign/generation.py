@@ -17,33 +17,23 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from longalign.chat import encode_prompt, middle_cut
+from longalign.models import LLAMA_FAMILY
 from longalign.scriptargs import UserError
 
 TEMPLATES = ("auto", "chat_template", "llama", "chatglm", "none")
-LLAMA_FAMILY = ("llama", "mistral", "mixtral")
 
 
 # ---------------------------------------------------------------------------------------------
 # Middle truncation
 
-def middle_truncate(ids: list[int], max_length: int) -> list[int]:
-    """ids if they fit, else the first max_length//2 and the last max_length - max_length//2."""
-    if len(ids) <= max_length:
-        return list(ids)
-    head = max_length // 2
-    return list(ids[:head]) + list(ids[len(ids) - (max_length - head):])
-
-
 def truncate_text_middle(text: str, tokenizer, max_length: int) -> tuple[str, int, bool]:
-    """(text that fits in max_length tokens, tokens before truncation, whether it was truncated).
-    The two halves are decoded separately and joined, so no token is invented at the cut."""
+    """(text that fits in max_length tokens, tokens before truncation, whether it was truncated):
+    the first max_length//2 and the last max_length - max_length//2 tokens (chat.middle_cut)."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if len(ids) <= max_length:
         return text, len(ids), False
-    head = max_length // 2
-    kept = (tokenizer.decode(ids[:head], skip_special_tokens=True)
-            + tokenizer.decode(ids[len(ids) - (max_length - head):], skip_special_tokens=True))
-    return kept, len(ids), True
+    return tokenizer.decode(middle_cut(ids, max_length), skip_special_tokens=True), len(ids), True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -68,13 +58,12 @@ def choose_template(requested: str, tokenizer, model_type: str | None) -> tuple[
     return "none", f"auto: no chat template and no paper format for model type {model_type!r} -> raw text"
 
 
-def render_prompt(messages: list[dict], template: str, tokenizer) -> str:
-    """The text the model reads before it answers the last user turn."""
+def prompt_ids(messages: list[dict], template: str, tokenizer) -> list[int]:
+    """The ids the model reads before it answers the last user turn: exactly the pieces and the
+    tokenization of training (chat.encode_prompt); `none` = the raw text with the tokenizer's specials."""
     if template == "none":
-        return "\n\n".join(m["content"] for m in messages)
-    from longalign.chat import build_prompt
-
-    return build_prompt(messages, template, tokenizer)
+        return tokenizer("\n\n".join(m["content"] for m in messages))["input_ids"]
+    return encode_prompt(messages, template, tokenizer)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,7 +80,7 @@ class Generator:
     def __init__(self, model_path: str, template: str = "auto", base_url: str | None = None,
                  server_model: str | None = None, max_new_tokens: int = 1024, temperature: float = 1.0,
                  seed: int = 42, trust_remote_code: bool = False, timeout: float = 600.0, max_retries: int = 6):
-        from transformers import AutoConfig, AutoTokenizer
+        from transformers import AutoTokenizer, PreTrainedConfig
 
         self.max_new_tokens, self.temperature, self.seed = max_new_tokens, temperature, seed
         try:
@@ -110,8 +99,9 @@ class Generator:
                                  timeout=timeout, max_retries=max_retries)
             self.template, self.template_reason = "server", f"the server's own chat template ({base_url})"
             return
-        config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-        self.template, self.template_reason = choose_template(template, self.tokenizer, config.model_type)
+        # The config as a plain dict: AutoConfig would need ChatGLM's remote code just to read model_type.
+        model_type = PreTrainedConfig.get_config_dict(model_path)[0].get("model_type")
+        self.template, self.template_reason = choose_template(template, self.tokenizer, model_type)
         self.model = load_causal_lm(model_path, trust_remote_code)
 
     def generate(self, messages: list[dict], streamer=None) -> dict:
@@ -125,16 +115,13 @@ class Generator:
                     "prompt_tokens": getattr(usage, "prompt_tokens", None)}
         import torch
 
-        prompt = render_prompt(messages, self.template, self.tokenizer)
-        # A chat template writes its own special tokens (BOS included); the paper formats do not.
-        enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=self.template != "chat_template")
-        enc = {k: v.to(self.model.device) for k, v in enc.items()}
-        n = enc["input_ids"].shape[1]
+        ids = torch.tensor([prompt_ids(messages, self.template, self.tokenizer)], device=self.model.device)  # (1, T)
+        n = ids.shape[1]
         torch.manual_seed(self.seed)  # per call: a resumed run samples what an uninterrupted one would
         sample = self.temperature > 0
         with torch.no_grad():
             out = self.model.generate(
-                **enc, max_new_tokens=self.max_new_tokens, do_sample=sample,
+                input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=self.max_new_tokens, do_sample=sample,
                 temperature=self.temperature if sample else None, top_p=None if sample else None,
                 top_k=None, pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
                 streamer=streamer)
@@ -142,13 +129,15 @@ class Generator:
 
 
 def load_causal_lm(model_path: str, trust_remote_code: bool = False):
-    """The model in eval mode on the GPU if there is one (bf16), else on the CPU (fp32)."""
+    """The model (our model files for llama/chatglm types, models.load_model) in eval mode, on the GPU
+    in bf16 if there is one, else on the CPU in fp32."""
     import torch
-    from transformers import AutoModelForCausalLM
+
+    from longalign.models import load_model
 
     cuda = torch.cuda.is_available()
-    model = AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=trust_remote_code,
-                                                 dtype=torch.bfloat16 if cuda else torch.float32)
+    kwargs = {"trust_remote_code": True} if trust_remote_code else {}
+    model = load_model(model_path, dtype=torch.bfloat16 if cuda else torch.float32, **kwargs)
     return model.to("cuda" if cuda else "cpu").eval()
 
 

@@ -1,8 +1,8 @@
 """Ask a long-context model about a long document, with the answer streamed as it is written.
 
-ChatGLM checkpoints that bring their own `stream_chat`/`chat` (trust_remote_code) answer through it, in
-their own format; every other model answers through `--template` (auto: the tokenizer's chat template,
-else the paper's format of the family). A document longer than --max_length tokens keeps its head and
+ChatGLM checkpoints answer through their `model.chat` (modeling_chatglm's, in the --template format, or
+the checkpoint's remote code with --trust_remote_code); every other model through `--template` (auto:
+the tokenizer's chat template, else the paper's format of the family). A document longer than --max_length tokens keeps its head and
 tail. Without --question the demo asks for questions on stdin and keeps the conversation.
 
 Run as:
@@ -12,6 +12,7 @@ Run as:
 Inputs: a model, a text file. Output: the answer on stdout.
 """
 
+import inspect
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,20 +45,18 @@ class Args:
 
 def answer(gen: Generator, messages: list[dict]) -> str:
     """Stream one answer to stdout and return it."""
-    model = gen.model
-    if hasattr(model, "stream_chat"):  # ChatGLM's remote code: its own format and history
-        history = [{"role": m["role"], "content": m["content"]} for m in messages[:-1]]
-        printed = ""
-        for response, _ in model.stream_chat(gen.tokenizer, messages[-1]["content"], history=history,
-                                             max_length=None, max_new_tokens=gen.max_new_tokens,
-                                             do_sample=gen.temperature > 0, temperature=gen.temperature or None):
-            print(response[len(printed):], end="", flush=True)
-            printed = response
-        print()
-        return printed
     from transformers import TextStreamer
 
     streamer = TextStreamer(gen.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    model = gen.model
+    if getattr(model.config, "model_type", None) == "chatglm" and hasattr(model, "chat"):
+        # ChatGLM checkpoints answer through their own chat(): ours (modeling_chatglm) takes the format,
+        # the checkpoint's remote code has its own; both pass the streamer on to generate().
+        own = {"template": gen.template} if "template" in inspect.signature(model.chat).parameters else {}
+        response, _ = model.chat(gen.tokenizer, messages[-1]["content"], history=messages[:-1],
+                                 max_new_tokens=gen.max_new_tokens, streamer=streamer,
+                                 do_sample=gen.temperature > 0, temperature=gen.temperature or None, **own)
+        return response
     return gen.generate(messages, streamer=streamer)["text"]
 
 

@@ -3,14 +3,13 @@ faulty local judge (right mean, failures counted, a re-run repeats nothing)."""
 
 import importlib.util
 import json
-import random
 from pathlib import Path
 
 import pytest
 
 from longalign import synthetic_eval
 from longalign.fault_server import FaultServer
-from longalign.generation import JsonlTable, choose_template, middle_truncate, truncate_text_middle
+from longalign.generation import JsonlTable, choose_template, truncate_text_middle
 from longalign.scriptargs import UserError, run_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,27 +24,16 @@ MARKERS = {i: (s, ()) for i, s in SCORES.items()} | {1: (SCORES[1], ("429", "500
                                                       3: (SCORES[3], ("slow", "garbage"))}
 
 
-def test_middle_truncate_matches_brute_force():
-    rng = random.Random(0)
-    for _ in range(200):
-        ids = [rng.randrange(1000) for _ in range(rng.randrange(1, 60))]
-        m = rng.randrange(2, 70)
-        got = middle_truncate(ids, m)
-        if len(ids) <= m:
-            assert got == ids
-        else:  # head = floor(m/2) tokens, tail = the rest, nothing else
-            assert got == [ids[i] for i in range(m // 2)] + [ids[i] for i in range(len(ids) - (m - m // 2), len(ids))]
-            assert len(got) == m
-
-
-def test_truncate_text_keeps_head_and_tail(tokenizer):
+def test_middle_truncation_keeps_head_and_tail_halves(tokenizer):
     text = " ".join(f"word{i}." for i in range(400))
-    n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
-    kept, n_before, truncated = truncate_text_middle(text, tokenizer, 100)
-    assert (n_before, truncated) == (n, True) and n > 100
-    assert text.startswith(kept[:30]) and text.endswith(kept[-30:]) and "word200." not in kept
-    assert abs(len(tokenizer(kept, add_special_tokens=False)["input_ids"]) - 100) <= 2  # re-merge at the cut
-    assert truncate_text_middle(text, tokenizer, n) == (text, n, False)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    for m in (2, 99, 100, len(ids) - 1):
+        kept, n_before, truncated = truncate_text_middle(text, tokenizer, m)
+        # brute force: the first floor(m/2) tokens and the last m - floor(m/2), decoded
+        head, tail = [ids[i] for i in range(m // 2)], [ids[i] for i in range(len(ids) - (m - m // 2), len(ids))]
+        assert (kept, n_before, truncated) == (tokenizer.decode(head) + tokenizer.decode(tail), len(ids), True)
+    assert "word200." not in truncate_text_middle(text, tokenizer, 100)[0]
+    assert truncate_text_middle(text, tokenizer, len(ids)) == (text, len(ids), False)
 
 
 class _Tok:
@@ -110,7 +98,7 @@ def test_run_against_faulty_judge_and_resume(data_dir, tiny_llama_dir, tmp_path,
     out = tmp_path / "out"
     with FaultServer(slow_s=1.0, retry_after_ms=10) as srv:
         argv = ["--model_path", str(tiny_llama_dir), "--data_dir", str(data_dir), "--output_dir", str(out),
-                "--max_length", "256", "--max_new_tokens", "4", "--temperature", "0", "--template", "none",
+                "--max_length", "256", "--max_new_tokens", "4", "--temperature", "0",
                 "--judge_base_url", srv.base_url, "--judge_timeout", "0.5", "--judge_runs", "2",
                 "--concurrency", "3"]
         summary = lbc.main(argv)
@@ -123,6 +111,8 @@ def test_run_against_faulty_judge_and_resume(data_dir, tiny_llama_dir, tmp_path,
         preds = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
         assert sorted(p["idx"] for p in preds) == list(range(1, 9))
         assert all(p["truncated"] and p["input_tokens"] > 256 for p in preds)
+        # auto picked the fixture tokenizer's chat template; the prompt = 256 tokens + the template's
+        assert all(p["template"] == "chat_template" and 256 < p["prompt_tokens"] < 256 + 40 for p in preds)
         assert json.loads((out / "scores.json").read_text())["mean"] == summary["mean"]
 
         # Re-run: nothing generated, only the failed case asked again (6 asks x 2 runs), no duplicates.
