@@ -45,6 +45,7 @@ class Args:
     model_path: str | None = field(default=None, metadata={
         "help": "model folder or hub id (our model files for llama/chatglm types, AutoModelForCausalLM "
                 "otherwise); with --gen_base_url only its tokenizer is loaded, for truncation"})
+    tokenizer: str | None = field(default=None, metadata={"help": "tokenizer folder if the model folder has none (default: the model's)"})
     data_dir: str = field(default="LongBench_Chat/data", metadata={
         "help": "folder with test_cases.json, few_shots.json and prompt_fs.txt"})
     output_dir: str = field(default="runs/longbench_chat", metadata={"help": "where the outputs go"})
@@ -170,7 +171,7 @@ def predict(args: Args, cases: list[dict], table: JsonlTable) -> int:
     if not args.model_path:
         raise UserError("--model_path is needed to generate (its tokenizer measures --max_length)")
     gen = Generator(args.model_path, args.template, args.gen_base_url, args.gen_model, args.max_new_tokens,
-                    args.temperature, args.seed, args.trust_remote_code)
+                    args.temperature, args.seed, args.trust_remote_code, tokenizer_path=args.tokenizer)
     print(f"template: {gen.template} ({gen.template_reason})")
 
     def one(case):

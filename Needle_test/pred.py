@@ -30,6 +30,7 @@ CONFIG = Path(__file__).with_name("config-pred.yaml")
 @dataclass
 class Args:
     model_path: str | None = field(default=None, metadata={"help": "model folder or hub id (its tokenizer must be the one prompt.py used)"})
+    tokenizer: str | None = field(default=None, metadata={"help": "tokenizer folder if the model folder has none (default: the model's)"})
     prompts_file: str = field(default="runs/needle/prompts/prompts.jsonl", metadata={"help": "prompts.jsonl from prompt.py"})
     out_dir: str = field(default="runs/needle/pred", metadata={"help": "where predictions.jsonl goes"})
     template: str = field(default="auto", metadata={"help": "chat format: auto | chat_template | llama | chatglm | none"})
@@ -61,7 +62,7 @@ def main(argv=None):
     if not todo:
         return table
     gen = Generator(args.model_path, args.template, args.gen_base_url, args.gen_model, args.max_new_tokens,
-                    args.temperature, args.seed, args.trust_remote_code)
+                    args.temperature, args.seed, args.trust_remote_code, tokenizer_path=args.tokenizer)
     print(f"template: {gen.template} ({gen.template_reason})")
     for p in tqdm(todo, desc="needle pred"):
         out = gen.generate(p["messages"])

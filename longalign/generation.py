@@ -72,22 +72,24 @@ def prompt_ids(messages: list[dict], template: str, tokenizer) -> list[int]:
 class Generator:
     """generate(messages) -> {"text", "prompt_tokens"}.
 
-    In-process: loads model + tokenizer from model_path. Server: sends the messages to
+    In-process: loads model + tokenizer from model_path (the tokenizer from tokenizer_path if given). Server: sends the messages to
     base_url/chat/completions as `server_model` (the server applies the model's chat template; the
     local tokenizer from model_path is still used for truncation).
     """
 
     def __init__(self, model_path: str, template: str = "auto", base_url: str | None = None,
                  server_model: str | None = None, max_new_tokens: int = 1024, temperature: float = 1.0,
-                 seed: int = 42, trust_remote_code: bool = False, timeout: float = 600.0, max_retries: int = 6):
+                 seed: int = 42, trust_remote_code: bool = False, timeout: float = 600.0, max_retries: int = 6,
+                 tokenizer_path: str | None = None):
         from transformers import AutoTokenizer, PreTrainedConfig
 
         self.max_new_tokens, self.temperature, self.seed = max_new_tokens, temperature, seed
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+            self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or model_path,
+                                                           trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as e:
-            raise UserError(f"cannot load a tokenizer from --model_path {model_path} ({str(e)[:120]}); "
-                            "pass a local model folder or a hub id") from None
+            raise UserError(f"cannot load a tokenizer from {tokenizer_path or model_path} ({str(e)[:120]}); "
+                            "pass a model folder or hub id that has one (or --tokenizer)") from None
         self.model, self.client, self.server_model = None, None, server_model
         if base_url:
             from openai import OpenAI
