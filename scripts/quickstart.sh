@@ -47,13 +47,18 @@ stage train train.py \
     --batch_method pack --pack_loss --output_dir "$RUN/model" --use_cpu true
 
 stage needle Needle_test/pred.py \
-  echo "needle: see Needle_test/README.md"
+  bash Needle_test/quickstart.sh needle "$RUN"
 
 stage heatmap Needle_test/vis.py \
-  echo "heatmap: see Needle_test/README.md"
+  bash Needle_test/quickstart.sh heatmap "$RUN"
 
+# LongBench-Chat on synthetic cases: predictions always; the judge only when OPENAI_API_KEY is set.
 stage longbench_chat LongBench_Chat/eval.py \
-  echo "longbench_chat: see LongBench_Chat/README.md"
+  bash -c 'set -e; python -m longalign.synthetic_eval --out "$0/lbc_data" --num_cases 8; rm -rf "$0/lbc"
+    model=$0/model; [ -f "$model/config.json" ] || model=$0/data/tiny-llama
+    judge=false; [ -n "${OPENAI_API_KEY:-}" ] && judge=true
+    python LongBench_Chat/eval.py --model_path "$model" --tokenizer "$0/data/tokenizer" --data_dir "$0/lbc_data" \
+      --output_dir "$0/lbc" --max_length 2048 --max_new_tokens 32 --temperature 0 --do_judge $judge' "$RUN"
 
 echo
 echo "==================== summary ===================="

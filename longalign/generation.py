@@ -1,0 +1,209 @@
+"""Generation helpers shared by LongBench-Chat, the Needle test and the chat demo.
+
+- `middle_truncate`: keep the head and the tail of an over-long input (the middle of a long document
+  matters least, and the question usually sits at the end), measured with the model's own tokenizer.
+- `choose_template`: which chat format the model sees. The originals applied no template to models
+  they did not know by name, the most common reason for bad reproduced scores; here `auto` takes the
+  tokenizer's chat template when it has one, else the paper's format for the model family.
+- `Generator`: answers a conversation in-process (HF `generate`) or through any OpenAI-compatible
+  server (vLLM, TGI, ...), seeded per call so a resumed run writes what an uninterrupted one would.
+- `JsonlTable`: a resumable JSONL file keyed by case: finished rows are kept and never redone, a
+  half-written last line (a killed run) is dropped, and the file never holds two rows for one key.
+"""
+
+import json
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from longalign.chat import encode_prompt, middle_cut
+from longalign.models import LLAMA_FAMILY
+from longalign.scriptargs import UserError
+
+TEMPLATES = ("auto", "chat_template", "llama", "chatglm", "none")
+
+
+# ---------------------------------------------------------------------------------------------
+# Middle truncation
+
+def truncate_text_middle(text: str, tokenizer, max_length: int) -> tuple[str, int, bool]:
+    """(text that fits in max_length tokens, tokens before truncation, whether it was truncated):
+    the first max_length//2 and the last max_length - max_length//2 tokens (chat.middle_cut)."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) <= max_length:
+        return text, len(ids), False
+    return tokenizer.decode(middle_cut(ids, max_length), skip_special_tokens=True), len(ids), True
+
+
+# ---------------------------------------------------------------------------------------------
+# Chat format
+
+def choose_template(requested: str, tokenizer, model_type: str | None) -> tuple[str, str]:
+    """(template, why) for --template auto|chat_template|llama|chatglm|none."""
+    if requested not in TEMPLATES:
+        raise UserError(f"--template {requested} is not one of {'|'.join(TEMPLATES)}; pick one of them")
+    has_own = bool(getattr(tokenizer, "chat_template", None))
+    if requested == "chat_template" and not has_own:
+        raise UserError("--template chat_template was asked but the tokenizer has no chat template; "
+                        "use --template auto, llama, chatglm or none")
+    if requested != "auto":
+        return requested, "chosen by --template"
+    if has_own:
+        return "chat_template", "auto: the tokenizer has a chat template"
+    if model_type == "chatglm":
+        return "chatglm", "auto: no chat template, ChatGLM model -> the paper's [Round i] format"
+    if model_type in LLAMA_FAMILY:
+        return "llama", f"auto: no chat template, {model_type} model -> the paper's [INST] format"
+    return "none", f"auto: no chat template and no paper format for model type {model_type!r} -> raw text"
+
+
+def prompt_ids(messages: list[dict], template: str, tokenizer) -> list[int]:
+    """The ids the model reads before it answers the last user turn: exactly the pieces and the
+    tokenization of training (chat.encode_prompt); `none` = the raw text with the tokenizer's specials."""
+    if template == "none":
+        return tokenizer("\n\n".join(m["content"] for m in messages))["input_ids"]
+    return encode_prompt(messages, template, tokenizer)
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation, in-process or through a server
+
+class Generator:
+    """generate(messages) -> {"text", "prompt_tokens"}.
+
+    In-process: loads model + tokenizer from model_path (the tokenizer from tokenizer_path if given). Server: sends the messages to
+    base_url/chat/completions as `server_model` (the server applies the model's chat template; the
+    local tokenizer from model_path is still used for truncation).
+    """
+
+    def __init__(self, model_path: str, template: str = "auto", base_url: str | None = None,
+                 server_model: str | None = None, max_new_tokens: int = 1024, temperature: float = 1.0,
+                 seed: int = 42, trust_remote_code: bool = False, timeout: float = 600.0, max_retries: int = 6,
+                 tokenizer_path: str | None = None):
+        from transformers import AutoTokenizer, PreTrainedConfig
+
+        self.max_new_tokens, self.temperature, self.seed = max_new_tokens, temperature, seed
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or model_path,
+                                                           trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot load a tokenizer from {tokenizer_path or model_path} ({str(e)[:120]}); "
+                            "pass a model folder or hub id that has one (or --tokenizer)") from None
+        self.model, self.client, self.server_model = None, None, server_model
+        if base_url:
+            from openai import OpenAI
+
+            if not server_model:
+                raise UserError("--gen_base_url needs --gen_model, the model name the server serves")
+            # vLLM and friends accept any key; the key, if any, still only comes from the environment.
+            self.client = OpenAI(api_key=os.environ.get("OPENAI_API_KEY") or "EMPTY", base_url=base_url,
+                                 timeout=timeout, max_retries=max_retries)
+            self.template, self.template_reason = "server", f"the server's own chat template ({base_url})"
+            return
+        # The config as a plain dict: AutoConfig would need ChatGLM's remote code just to read model_type.
+        model_type = PreTrainedConfig.get_config_dict(model_path)[0].get("model_type")
+        self.template, self.template_reason = choose_template(template, self.tokenizer, model_type)
+        self.model = load_causal_lm(model_path, trust_remote_code)
+
+    def generate(self, messages: list[dict], streamer=None) -> dict:
+        """streamer: a transformers streamer (e.g. TextStreamer) that prints tokens as they come (in-process)."""
+        if self.client is not None:
+            resp = self.client.chat.completions.create(
+                model=self.server_model, messages=messages, max_tokens=self.max_new_tokens,
+                temperature=self.temperature, seed=self.seed)
+            usage = getattr(resp, "usage", None)
+            return {"text": (resp.choices[0].message.content or "").strip(),
+                    "prompt_tokens": getattr(usage, "prompt_tokens", None)}
+        import torch
+
+        ids = torch.tensor([prompt_ids(messages, self.template, self.tokenizer)], device=self.model.device)  # (1, T)
+        n = ids.shape[1]
+        torch.manual_seed(self.seed)  # per call: a resumed run samples what an uninterrupted one would
+        sample = self.temperature > 0
+        with torch.no_grad():
+            out = self.model.generate(
+                input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=self.max_new_tokens, do_sample=sample,
+                temperature=self.temperature if sample else None, top_p=None if sample else None,
+                top_k=None, pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+                streamer=streamer)
+        return {"text": self.tokenizer.decode(out[0, n:], skip_special_tokens=True).strip(), "prompt_tokens": n}
+
+
+def load_causal_lm(model_path: str, trust_remote_code: bool = False):
+    """The model (our model files for llama/chatglm types, models.load_model) in eval mode, on the GPU
+    in bf16 if there is one, else on the CPU in fp32."""
+    import torch
+
+    from longalign.models import load_model
+
+    cuda = torch.cuda.is_available()
+    kwargs = {"trust_remote_code": True} if trust_remote_code else {}
+    model = load_model(model_path, dtype=torch.bfloat16 if cuda else torch.float32, **kwargs)
+    return model.to("cuda" if cuda else "cpu").eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# Resumable JSONL
+
+def read_jsonl(path: Path, what: str) -> list[dict]:
+    """All rows of a JSONL file another step wrote; a missing or broken file names that step."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} does not exist; run {what} first or fix the flag")
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            raise UserError(f"{path} line {n} is not valid JSON; run {what} again") from None
+    return rows
+
+
+class JsonlTable:
+    """Rows of a JSONL file by key. Rows for which keep(row) is False (e.g. failed judgements that
+    should be retried) are dropped when the file is opened, so a retry replaces them."""
+
+    def __init__(self, path: str | Path, key: Callable[[dict], object], keep: Callable[[dict], bool] = None):
+        self.path, self.key, self.lock = Path(path), key, threading.Lock()
+        self.rows: dict = {}
+        lines, dirty = [], False
+        if self.path.exists():
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                dirty = True  # a line cut short by a killed run: redo that case
+                continue
+            if keep is not None and not keep(row):
+                dirty = True
+                continue
+            dirty |= self.key(row) in self.rows
+            self.rows[self.key(row)] = row
+        if dirty:
+            self._rewrite()
+
+    def _rewrite(self):
+        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            for row in self.rows.values():
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(tmp, self.path)
+
+    def __contains__(self, key) -> bool:
+        return key in self.rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def append(self, row: dict) -> None:
+        """Write one finished row (thread-safe); a key already present is a bug in the caller."""
+        k = self.key(row)
+        with self.lock:
+            if k in self.rows:
+                raise ValueError(f"{self.path} already holds a row for {k}")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            self.rows[k] = row

@@ -1,0 +1,91 @@
+"""An LLM judge behind any OpenAI-compatible endpoint (GPT-4, a vLLM server, a local test server).
+
+The judge reads a filled-in prompt and answers with a rating written as `[[n]]` (1-10). Rules, the
+same for LongBench-Chat and the Needle test:
+
+- the API key comes only from the environment (OPENAI_API_KEY), never from a file or a flag;
+- every request has a timeout, and the `openai` client retries timeouts, 429s and 5xx with
+  exponential backoff (0.5 s, 1 s, 2 s, ... capped at 8 s, or the server's Retry-After), `max_retries`
+  times, so "429, then 500, then 500" on one request still succeeds;
+- the score is the number in the LAST `[[...]]` of the reply (a judge often quotes the format
+  "[[rating]]" before it gives its rating);
+- a reply without a usable score is asked again, up to `max_reasks` more times; after that, or when the
+  API keeps failing past the retries, the judgement is recorded as failed with the reason. Never a
+  crash, never a silent zero.
+"""
+
+import os
+import re
+import time
+from dataclasses import dataclass
+
+from longalign.scriptargs import UserError
+
+# The last [[...]] wins; inside it we accept "7", "7.5" or "7/10" and nothing else.
+_RATING = re.compile(r"\[\[([^\[\]]*)\]\]")
+_NUMBER = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*10\s*)?$")
+
+
+def parse_score(reply: str | None, low: float = 1, high: float = 10) -> float | None:
+    """The rating in the last `[[...]]` of reply, or None if there is none or it is not in [low, high]."""
+    if not reply:
+        return None
+    found = _RATING.findall(reply)
+    if not found:
+        return None
+    m = _NUMBER.match(found[-1])
+    if not m:
+        return None
+    score = float(m.group(1))
+    return score if low <= score <= high else None
+
+
+def make_client(base_url: str | None = None, timeout: float = 120.0, max_retries: int = 6):
+    """An `openai.OpenAI` client: key from OPENAI_API_KEY, base URL from the argument or
+    OPENAI_BASE_URL (else api.openai.com)."""
+    from openai import OpenAI
+
+    key = os.environ.get("OPENAI_API_KEY")
+    if not key:
+        raise UserError("OPENAI_API_KEY is not set; export it (any non-empty value for a local server) "
+                        "before running the judge")
+    return OpenAI(api_key=key, base_url=base_url or os.environ.get("OPENAI_BASE_URL") or None,
+                  timeout=timeout, max_retries=max_retries)
+
+
+@dataclass
+class Judgement:
+    score: float | None        # None = failed
+    reply: str | None          # the last reply received (None if the API never answered)
+    failure: str | None        # why it failed, None if scored
+    asks: int                  # replies requested (1 + re-asks); API retries are inside each ask
+    system_fingerprint: str | None
+    seconds: float
+
+    def as_record(self) -> dict:
+        return {"score": self.score, "failure": self.failure, "judge_reply": self.reply, "asks": self.asks,
+                "system_fingerprint": self.system_fingerprint, "seconds": round(self.seconds, 3)}
+
+
+def judge(client, model: str, prompt: str, system_prompt: str | None = None, max_reasks: int = 5,
+          temperature: float = 0.0, max_tokens: int | None = None) -> Judgement:
+    """Ask the judge to rate; re-ask on unparsable replies; never raises for API trouble."""
+    import openai
+
+    messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + \
+        [{"role": "user", "content": prompt}]
+    t0, reply, fingerprint = time.monotonic(), None, None
+    for ask in range(1, max_reasks + 2):
+        try:
+            resp = client.chat.completions.create(model=model, messages=messages, temperature=temperature,
+                                                  max_tokens=max_tokens)
+        except openai.APIError as e:  # retries already exhausted inside the client (or a 4xx)
+            return Judgement(None, reply, f"API error after retries: {type(e).__name__}: {str(e)[:200]}",
+                             ask, fingerprint, time.monotonic() - t0)
+        fingerprint = getattr(resp, "system_fingerprint", None)
+        reply = resp.choices[0].message.content if resp.choices else None
+        score = parse_score(reply)
+        if score is not None:
+            return Judgement(score, reply, None, ask, fingerprint, time.monotonic() - t0)
+    return Judgement(None, reply, f"no [[rating]] in {max_reasks + 1} replies", max_reasks + 1, fingerprint,
+                     time.monotonic() - t0)
