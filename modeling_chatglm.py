@@ -112,8 +112,10 @@ class SelfAttention(nn.Module):
         self.query_key_value = nn.Linear(config.hidden_size, qkv_size,
                                          bias=config.add_bias_linear or config.add_qkv_bias)
         self.dense = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=config.add_bias_linear)
+        self.sequence_parallel = None  # Ulysses wrapper under sequence parallelism (see modeling_llama.Attention)
 
-    def forward(self, x, rope, cache=None, cu_seqlens=None, max_seqlen=None, attention_mask=None):
+    def forward(self, x, rope, cache=None, cu_seqlens=None, max_seqlen=None, attention_mask=None,
+                position_ids=None):
         B, T, _ = x.shape
         sizes = [self.num_heads * self.head_dim] + [self.num_kv_heads * self.head_dim] * 2
         q, k, v = (t.view(B, T, -1, self.head_dim).transpose(1, 2)       # (B, heads, T, D)
@@ -121,7 +123,10 @@ class SelfAttention(nn.Module):
         q, k = apply_rotary_interleaved(q, *rope), apply_rotary_interleaved(k, *rope)
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)                      # (B, H_kv, past + T, D)
-        y = attention(q, k, v, self.scale, cu_seqlens, max_seqlen, attention_mask)  # (B, T, H, D)
+        if self.sequence_parallel is not None:
+            y = self.sequence_parallel(q, k, v, position_ids)                 # (B, T, H, D) this rank's slice
+        else:
+            y = attention(q, k, v, self.scale, cu_seqlens, max_seqlen, attention_mask)  # (B, T, H, D)
         return self.dense(y.reshape(B, T, -1))
 
 
@@ -146,8 +151,10 @@ class GLMBlock(GradientCheckpointingLayer):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.layernorm_epsilon)
         self.mlp = MLP(config)
 
-    def forward(self, x, rope, cache=None, cu_seqlens=None, max_seqlen=None, attention_mask=None):
-        x = x + self.self_attention(self.input_layernorm(x), rope, cache, cu_seqlens, max_seqlen, attention_mask)
+    def forward(self, x, rope, cache=None, cu_seqlens=None, max_seqlen=None, attention_mask=None,
+                position_ids=None):
+        x = x + self.self_attention(self.input_layernorm(x), rope, cache, cu_seqlens, max_seqlen, attention_mask,
+                                    position_ids)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -206,7 +213,7 @@ class ChatGLMModel(ChatGLMPreTrainedModel):
         cu_seqlens, max_seqlen, position_ids = prepare_positions(x, cu_seqlens, position_ids, cache)
         rope = self.rotary_pos_emb(x, position_ids)                                 # 2 x (B, T, D/4)
         for layer in self.encoder.layers:
-            x = layer(x, rope, cache, cu_seqlens, max_seqlen, attention_mask)
+            x = layer(x, rope, cache, cu_seqlens, max_seqlen, attention_mask, position_ids)
         return self.encoder.final_layernorm(x)
 
 
@@ -224,13 +231,16 @@ class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel, GenerationMixin):
 
     def forward(self, input_ids=None, cu_seqlens=None, position_ids=None, attention_mask=None,
                 past_key_values=None, use_cache=None, labels=None, loss_weights=None,
-                inputs_embeds=None, cache=None, logits_to_keep=0, **kwargs):
+                inputs_embeds=None, cache=None, logits_to_keep=0, shift_labels=None, shift_loss_weights=None,
+                **kwargs):
         """See modeling_llama.LlamaForCausalLM.forward: the same contract and return value."""
         cache = cache if cache is not None else past_key_values
-        cache = resolve_cache(self, cache, use_cache, cu_seqlens is not None or labels is not None)
+        training = cu_seqlens is not None or labels is not None or shift_labels is not None
+        cache = resolve_cache(self, cache, use_cache, training)
         hidden = self.transformer(input_ids, cu_seqlens, position_ids, attention_mask, cache, inputs_embeds)
         # (loss, None) with labels, else (None, logits (B, T, V))
-        loss, logits = self.transformer.output_layer(hidden, labels, loss_weights, cu_seqlens, logits_to_keep)
+        loss, logits = self.transformer.output_layer(hidden, labels, loss_weights, cu_seqlens,
+                                                         logits_to_keep, shift_labels, shift_loss_weights)
         return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache)
 
     @torch.inference_mode()

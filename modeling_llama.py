@@ -13,6 +13,9 @@ What differs from the stock model, and why:
   * `labels` are unshifted (the model shifts); with `loss_weights` the loss is sum_t w_t * CE_t
     over target tokens, without them the mean over target tokens (longalign/loss.py). The loss never
     materialises the (T, V) fp32 logits, so `logits` is None when labels are given.
+  * `shift_labels` / `shift_loss_weights` instead of labels: targets already shifted on the full row, for
+    a rank that holds only a slice of it under sequence parallelism (longalign/sequence_parallel.py,
+    which also sets each attention layer's `sequence_parallel` wrapper).
   * The loss is NOT divided by the Trainer's `num_items_in_batch`; `accepts_loss_kwargs = False`
     tells the HF Trainer so (train.py's compute_loss owns the normalisation of Eq. 2-4).
 
@@ -118,8 +121,13 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=qkv_bias)
         self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=qkv_bias)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=o_bias)
+        # Sequence parallelism (longalign/sequence_parallel.py) sets this to its Ulysses wrapper: this rank
+        # holds a slice of the row; the wrapper trades it for all positions of H/N heads, attends over the
+        # full row with `attention`, and trades back. It finds the row's sequences from the position ids.
+        self.sequence_parallel = None
 
-    def forward(self, x, rope, cache=None, cu_seqlens=None, max_seqlen=None, attention_mask=None):
+    def forward(self, x, rope, cache=None, cu_seqlens=None, max_seqlen=None, attention_mask=None,
+                position_ids=None):
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.k_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
@@ -127,7 +135,10 @@ class Attention(nn.Module):
         q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if cache is not None:                                              # generation: past + new keys
             k, v = cache.update(k, v, self.layer_idx)                      # (B, H_kv, past + T, D)
-        y = attention(q, k, v, self.scale, cu_seqlens, max_seqlen, attention_mask)  # (B, T, H, D)
+        if self.sequence_parallel is not None:
+            y = self.sequence_parallel(q, k, v, position_ids)                 # (B, T, H, D) this rank's slice
+        else:
+            y = attention(q, k, v, self.scale, cu_seqlens, max_seqlen, attention_mask)  # (B, T, H, D)
         return self.o_proj(y.reshape(B, T, -1))
 
 
@@ -156,8 +167,10 @@ class DecoderLayer(GradientCheckpointingLayer):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x, rope, cache=None, cu_seqlens=None, max_seqlen=None, attention_mask=None):
-        x = x + self.self_attn(self.input_layernorm(x), rope, cache, cu_seqlens, max_seqlen, attention_mask)
+    def forward(self, x, rope, cache=None, cu_seqlens=None, max_seqlen=None, attention_mask=None,
+                position_ids=None):
+        x = x + self.self_attn(self.input_layernorm(x), rope, cache, cu_seqlens, max_seqlen, attention_mask,
+                               position_ids)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -206,7 +219,7 @@ class LlamaModel(LlamaPreTrainedModel):
                              "shorten them or use a checkpoint without a window.")
         rope = self.rotary_emb(x, position_ids)                                     # 2 x (B, T, D/2)
         for layer in self.layers:
-            x = layer(x, rope, cache, cu_seqlens, max_seqlen, attention_mask)
+            x = layer(x, rope, cache, cu_seqlens, max_seqlen, attention_mask, position_ids)
         return self.norm(x)
 
 
@@ -221,11 +234,14 @@ class LlamaForCausalLM(LlamaPreTrainedModel, GenerationMixin):
 
     def forward(self, input_ids=None, cu_seqlens=None, position_ids=None, attention_mask=None,
                 past_key_values=None, use_cache=None, labels=None, loss_weights=None,
-                inputs_embeds=None, cache=None, logits_to_keep=0, **kwargs):
+                inputs_embeds=None, cache=None, logits_to_keep=0, shift_labels=None, shift_loss_weights=None,
+                **kwargs):
         """See the module docstring. Extra keys (e.g. the Trainer's num_items_in_batch) are ignored."""
         cache = cache if cache is not None else past_key_values  # transformers 5 calls it `cache`
-        cache = resolve_cache(self, cache, use_cache, cu_seqlens is not None or labels is not None)
+        training = cu_seqlens is not None or labels is not None or shift_labels is not None
+        cache = resolve_cache(self, cache, use_cache, training)
         hidden = self.model(input_ids, cu_seqlens, position_ids, attention_mask, cache, inputs_embeds)
         # (loss, None) with labels, else (None, logits (B, T, V))
-        loss, logits = self.lm_head(hidden, labels, loss_weights, cu_seqlens, logits_to_keep)
+        loss, logits = self.lm_head(hidden, labels, loss_weights, cu_seqlens, logits_to_keep,
+                                   shift_labels, shift_loss_weights)
         return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache)

@@ -54,6 +54,19 @@ def position_ids_from_cu_seqlens(cu_seqlens: torch.Tensor) -> torch.Tensor:
     return (torch.arange(int(cu[-1]), device=cu.device) - starts).unsqueeze(0)
 
 
+def cu_seqlens_from_position_ids(position_ids: torch.Tensor) -> torch.Tensor:
+    """(T,) position ids that restart at 0 in every segment -> the (n+1,) int32 segment boundaries.
+
+    The inverse of `position_ids_from_cu_seqlens`. Sequence parallelism needs it: each rank holds a slice
+    of the row, and the position ids (gathered over the ranks) are what tells it where sequences start.
+    """
+    starts = (position_ids.reshape(-1) == 0).nonzero().squeeze(1)                # (n,) segment starts
+    if starts.numel() == 0 or int(starts[0]) != 0:
+        raise ValueError("position ids of a row must start at 0 (and restart at 0 in every packed sequence).")
+    end = starts.new_tensor([position_ids.numel()])
+    return torch.cat([starts, end]).to(torch.int32)
+
+
 def prepare_positions(x: torch.Tensor, cu_seqlens=None, position_ids=None, cache=None):
     """The model's per-forward setup -> (segments or None, longest segment or None, position ids (B, T)).
 

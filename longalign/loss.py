@@ -14,6 +14,11 @@ What the loss is (labels UNSHIFTED, the model shifts; IGNORE_INDEX = -100 is not
                         puts w_t = K / (N_i * M) there for Eq. 4)
     without:            mean of CE_t over the target tokens of this call (0 when there are none)
 With `cu_seqlens` the last token of a packed sequence never predicts the first token of the next.
+
+Pre-shifted targets (`shift_labels`, `shift_loss_weights`: already aligned with the predicting position,
+as `shift_targets` returns them) skip the shift. Sequence parallelism needs this: a rank holds a slice
+of the row, and the target of its last position is the first token of the NEXT rank's slice, so the
+shift is done on the full row before it is cut (longalign/sequence_parallel.py).
 """
 
 import torch
@@ -107,6 +112,12 @@ def causal_lm_loss(hidden_states: torch.Tensor, weight: torch.Tensor, labels: to
                    chunk_size: int = DEFAULT_CHUNK_SIZE) -> torch.Tensor:
     """The model's loss from final hidden states (B, T, H) and the output weight (V, H); see the top."""
     targets, weights = shift_targets(labels, loss_weights, cu_seqlens)  # (B, T) each
+    return shifted_lm_loss(hidden_states, weight, targets, weights, chunk_size)
+
+
+def shifted_lm_loss(hidden_states: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                    weights: torch.Tensor | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE) -> torch.Tensor:
+    """The loss when targets (B, T) and weights are already aligned with the predicting position."""
     rows = (targets != IGNORE_INDEX).reshape(-1).nonzero().squeeze(1)   # (N,) target positions
     hidden = hidden_states.reshape(-1, hidden_states.shape[-1])[rows]   # (N, H) only rows that count
     targets = targets.reshape(-1)[rows]
@@ -122,8 +133,8 @@ class LMHead(nn.Linear):
     """The output layer (`lm_head` / `output_layer`, bias-free), which also computes the loss.
 
     forward(h) -> (None, logits (B, T, V)) as nn.Linear would compute them (only the last
-    `logits_to_keep` positions when that is > 0, as generate() asks); forward(h, labels, ...) ->
-    (loss, None): with labels no logits are materialised. The loss lives in this module's forward
+    `logits_to_keep` positions when that is > 0, as generate() asks); forward(h, labels, ...) or
+    forward(h, shift_labels=...) -> (loss, None): with labels no logits are materialised. The loss lives in this module's forward
     (not the model's) because DeepSpeed ZeRO-3 gathers a module's partitioned weight only while
     that module runs.
     """
@@ -131,9 +142,14 @@ class LMHead(nn.Linear):
     def __init__(self, in_features: int, out_features: int):
         super().__init__(in_features, out_features, bias=False)
 
-    def forward(self, hidden_states, labels=None, loss_weights=None, cu_seqlens=None, logits_to_keep: int = 0):
+    def forward(self, hidden_states, labels=None, loss_weights=None, cu_seqlens=None, logits_to_keep: int = 0,
+                shift_labels=None, shift_loss_weights=None):
+        if labels is not None and shift_labels is not None:
+            raise ValueError("pass labels (unshifted) or shift_labels (already shifted), not both.")
         if labels is not None:
             return causal_lm_loss(hidden_states, self.weight, labels, loss_weights, cu_seqlens), None
+        if shift_labels is not None:
+            return shifted_lm_loss(hidden_states, self.weight, shift_labels, shift_loss_weights), None
         if logits_to_keep:
             hidden_states = hidden_states[:, -logits_to_keep:]
         return None, super().forward(hidden_states)

@@ -1,0 +1,194 @@
+"""Ulysses sequence parallelism (longalign/sequence_parallel.py) against one process over the full row.
+
+Two processes (gloo, float64) split a plain row and a packed row of a tiny Llama (GQA: KV heads split) and a
+tiny ChatGLM (one KV head: DeepSpeed replicates it): the loss summed over the slices, each slice's logits and
+the gradients summed over the ranks equal one process's on the full row. Control: the same slices without the
+all-to-all (each rank attends only inside its slice) must differ.
+"""
+
+import copy
+import json
+import os
+import socket
+
+import pytest
+import torch
+
+from longalign import IGNORE_INDEX
+from longalign.attention import cu_seqlens_from_position_ids, position_ids_from_cu_seqlens
+from longalign.sequence_parallel import check_sizes, shard_batch
+
+pytest.importorskip("deepspeed")
+
+TOL = 1e-10        # float64 logits: the all-to-alls move numbers, the sums only change order
+GRAD_TOL = 1e-6    # relative; the fused loss (longalign/loss.py) computes its softmax in fp32 whatever the dtype
+
+
+def test_check_sizes_names_the_numbers():
+    check_sizes(2, 4, 32, 2)
+    check_sizes(8, 8, 32, 2)  # fewer KV heads than ranks: replicated
+    with pytest.raises(ValueError, match="size 3 must divide the world size 8"):
+        check_sizes(3, 8, 32, 2)
+    with pytest.raises(ValueError, match="size 4 must divide the model's 6 attention heads"):
+        check_sizes(4, 8, 6, 2)
+    with pytest.raises(ValueError, match="size 4 and the model's 6 KV heads"):
+        check_sizes(4, 4, 12, 6)
+
+
+def test_position_ids_round_trip():
+    cu = torch.tensor([0, 3, 4, 9, 11], dtype=torch.int32)
+    assert torch.equal(cu_seqlens_from_position_ids(position_ids_from_cu_seqlens(cu)), cu)
+
+
+def test_shard_batch_shifts_on_the_full_row():
+    # pack of two sequences (5 + 4 tokens) cut into 2 slices of 5 (one padding token)
+    ids = torch.arange(10, 19)[None]
+    labels = torch.tensor([[-100, 11, 12, -100, 14, -100, 16, 17, 18]])
+    weights = torch.tensor([[0, 1, 2, 0, 4, 0, 6, 7, 8]], dtype=torch.float32)
+    batch = {"input_ids": ids, "labels": labels, "loss_weights": weights,
+             "cu_seqlens": torch.tensor([0, 5, 9], dtype=torch.int32)}
+    r0, r1 = (shard_batch(batch, r, 2, pad_token_id=0) for r in (0, 1))
+    # the last position of slice 0 predicts the first token of slice 1 (token 15: not a target)
+    assert r0["shift_labels"].tolist() == [[11, 12, -100, 14, -100]]
+    assert r1["shift_labels"].tolist() == [[16, 17, 18, -100, -100]]
+    assert r0["shift_loss_weights"].tolist() == [[1, 2, 0, 4, 0]]
+    assert r1["position_ids"].tolist() == [[0, 1, 2, 3, 0]]  # the padding tail is a segment of its own
+    assert r1["input_ids"].tolist() == [[15, 16, 17, 18, 0]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Two processes
+
+
+def tiny_models() -> dict:
+    from transformers import LlamaConfig
+
+    from modeling_chatglm import ChatGLMConfig, ChatGLMForConditionalGeneration
+    from modeling_llama import LlamaForCausalLM
+
+    llama = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    glm = ChatGLMConfig(num_layers=2, padded_vocab_size=96, hidden_size=32, ffn_hidden_size=48, kv_channels=8,
+                        num_attention_heads=4, multi_query_attention=True, multi_query_group_num=1,
+                        add_qkv_bias=True, seq_length=64)
+    models = {}
+    for name, cls, config in (("llama", LlamaForCausalLM, llama), ("chatglm", ChatGLMForConditionalGeneration, glm)):
+        torch.manual_seed(0)
+        model = cls(config).double()
+        for p in model.parameters():  # random norms and biases too
+            torch.nn.init.normal_(p, std=0.3 if p.ndim == 1 else 0.1)
+        models[name] = model
+    return models
+
+
+def rows() -> dict:
+    """A plain row and a packed row (3 sequences), 29 tokens each: the slices need one padding token."""
+    g = torch.Generator().manual_seed(1)
+    out = {}
+    for name, lengths in (("plain", [29]), ("packed", [7, 12, 10])):
+        T = sum(lengths)
+        ids = torch.randint(1, 96, (1, T), generator=g)
+        labels = torch.where(torch.rand(1, T, generator=g) < 0.7, ids, IGNORE_INDEX)
+        cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+        labels[0, cu[:-1].long()] = IGNORE_INDEX  # a sequence's first token is never a target
+        weights = torch.where(labels != IGNORE_INDEX, torch.rand(1, T, generator=g, dtype=torch.float64), 0.0)
+        row = {"input_ids": ids, "labels": labels, "loss_weights": weights}
+        if len(lengths) > 1:
+            row["cu_seqlens"] = cu
+        out[name] = row
+    return out
+
+
+def worker(rank: int, world: int, port: int, out_path: str) -> None:
+    import torch.distributed as dist
+
+    from longalign import sequence_parallel
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    results = {}
+    for model_name, model in tiny_models().items():
+        sp_model = copy.deepcopy(model)
+        sequence_parallel.enable(sp_model, world)
+        for row_name, row in rows().items():
+            T = row["input_ids"].shape[1]
+            # one process, full row
+            model.zero_grad()
+            ref = model(**row)
+            ref.loss.backward()
+            ref_grads = {k: p.grad.clone() for k, p in model.named_parameters()}
+            with torch.no_grad():
+                ref_logits = model(input_ids=row["input_ids"], cu_seqlens=row.get("cu_seqlens"), use_cache=False).logits
+            # this rank's slice
+            shard = shard_batch(row, rank, world, pad_token_id=0)
+            sp_model.zero_grad()
+            loss = sp_model(**shard).loss
+            loss.backward()
+            total = loss.detach().clone()
+            dist.all_reduce(total)
+            grads = {k: p.grad.clone() for k, p in sp_model.named_parameters()}
+            for g in grads.values():
+                dist.all_reduce(g)
+            with torch.no_grad():
+                logits = sp_model(input_ids=shard["input_ids"], position_ids=shard["position_ids"], use_cache=False).logits
+            n = shard["input_ids"].shape[1]
+            real = slice(rank * n, min((rank + 1) * n, T))
+            logit_diff = (logits[:, : real.stop - real.start] - ref_logits[:, real]).abs().max()
+            dist.all_reduce(logit_diff, op=dist.ReduceOp.MAX)
+            # control: the same slices, each rank attending only inside its own
+            sequence_parallel.disable(sp_model)
+            with torch.no_grad():
+                control = sp_model(**shard).loss
+            dist.all_reduce(control)
+            sequence_parallel.enable(sp_model, world)
+            results[f"{model_name}/{row_name}"] = {
+                "loss": float(ref.loss.detach()), "loss_diff": float((total - ref.loss.detach()).abs()),
+                "logits_diff": float(logit_diff),
+                "grad_diff": max(float((grads[k] - ref_grads[k]).abs().max()) for k in ref_grads),
+                "grad_scale": max(float(g.abs().max()) for g in ref_grads.values()),
+                "control_loss_diff": float((control - ref.loss.detach()).abs())}
+    # DeepSpeed's own batch sharder gives the same slices (input ids, position ids, shifted labels)
+    from deepspeed.runtime.sequence_parallel import parallel_state_sp as mpu
+    from deepspeed.runtime.sequence_parallel.ulysses_sp import UlyssesSPDataLoaderAdapter
+
+    row = rows()["packed"]
+    pad = -row["input_ids"].shape[1] % world
+    batch = {"input_ids": torch.nn.functional.pad(row["input_ids"], (0, pad)),
+             "labels": torch.nn.functional.pad(row["labels"], (0, pad), value=IGNORE_INDEX),
+             "position_ids": position_ids_from_cu_seqlens(torch.cat([row["cu_seqlens"], torch.tensor(
+                 [row["input_ids"].shape[1] + pad], dtype=torch.int32)]))}
+    adapter = UlyssesSPDataLoaderAdapter([batch], sp_rank=mpu.get_sequence_parallel_rank(),
+                                         sp_group=mpu.get_sequence_parallel_group(), sp_world_size=world,
+                                         device=torch.device("cpu"))
+    theirs, ours = next(iter(adapter)), shard_batch(row, rank, world, pad_token_id=0)
+    results["adapter_equal"] = all(torch.equal(theirs[k], ours[k]) for k in ("input_ids", "position_ids", "shift_labels"))
+    if rank == 0:
+        with open(out_path, "w") as f:
+            json.dump(results, f)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_sp2_equals_one_process(tmp_path):
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "results.json"
+    mp.spawn(worker, args=(2, free_port(), str(out)), nprocs=2, join=True)
+    results = json.loads(out.read_text())
+    assert results.pop("adapter_equal") is True
+    for case, r in results.items():
+        print(f"SP {case}: loss {r['loss']:.6f} |dloss| {r['loss_diff']:.1e} max|dlogits| {r['logits_diff']:.1e} "
+              f"max|dgrad| {r['grad_diff']:.1e} (grads up to {r['grad_scale']:.1e}); "
+              f"control |dloss| {r['control_loss_diff']:.1e}")
+        assert r["loss_diff"] <= GRAD_TOL * r["loss"], (case, r)
+        assert r["logits_diff"] <= TOL, (case, r)
+        assert r["grad_diff"] <= GRAD_TOL * r["grad_scale"], (case, r)
+        assert r["control_loss_diff"] > 1e-4, (case, r)  # without the all-to-all the slices cannot see each other
