@@ -31,7 +31,8 @@ from longalign.store import TokenizedStore, write_json
 class Args:
     train_file: str = field(metadata={"help": "store folder written by pre_tokenize.py"})
     group_size: int = field(default=8, metadata={
-        "help": "K: sequences (sort) or packs (pack) per step, one per device; 8 GPUs in the paper"})
+        "help": "K: sequences (sort) or packs (pack) per step, one per device; 8 GPUs in the paper. With "
+                "train.py --sequence_parallel_size N the N devices of a group share one: K = GPUs / N"})
     max_length: int = field(default=65536, metadata={"help": "L: tokens per pack (64k in the paper)"})
     seed: int = field(default=42, metadata={"help": "seed of the group and step shuffles"})
     balance: bool = field(default=False, metadata={

@@ -74,12 +74,23 @@ class SlotDataset(Dataset):
 
 class Collator:
     """pack: all features of the batch into ONE row with cu_seqlens; naive/sort: one row per feature,
-    right-padded to the longest (pad id, label IGNORE_INDEX, weight 0, attention_mask 0)."""
+    right-padded to the longest (pad id, label IGNORE_INDEX, weight 0, attention_mask 0).
+    With sequence parallelism (sp_size N > 1) this rank then keeps its 1/N slice of the row(s), with the
+    labels and weights shifted on the full row first (longalign.sequence_parallel.shard_batch)."""
 
-    def __init__(self, pack: bool, pad_token_id: int):
+    def __init__(self, pack: bool, pad_token_id: int, sp_rank: int = 0, sp_size: int = 1):
         self.pack, self.pad_token_id = pack, pad_token_id
+        self.sp_rank, self.sp_size = sp_rank, sp_size
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        batch = self.collate(features)
+        if self.sp_size > 1:
+            from longalign.sequence_parallel import shard_batch
+
+            batch = shard_batch(batch, self.sp_rank, self.sp_size, self.pad_token_id)
+        return batch
+
+    def collate(self, features: list[dict]) -> dict[str, torch.Tensor]:
         if self.pack:
             lengths = np.concatenate([f["seq_lengths"] for f in features])
             cu_seqlens = np.concatenate([[0], np.cumsum(lengths)])                         # (n+1,)

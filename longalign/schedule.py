@@ -4,7 +4,8 @@ Used by train.py (through a sampler, one flat list per epoch) and bench/bench_ba
 the same micro-batches on K simulated devices).
 
 Vocabulary (paper §3.3 and Eq. 2-4):
-    K = world_size x per-device batch   units (sequences or packs) processed side by side in one micro-step
+    K = world_size / N x per-device batch   units (sequences or packs) processed side by side in one
+                                        micro-step; N = sequence-parallel size (1 without it)
     A = gradient accumulation steps     micro-steps in one optimizer step
     W = world_size                      processes; their gradients are AVERAGED (DDP and DeepSpeed)
     M = sequences of one optimizer step, over all W ranks and all A micro-steps
@@ -33,6 +34,10 @@ gradient is that of  (1/W) * sum over all units of sum_t w_t CE_t.  `step_coeffi
     pack_mean (Eq. 3, pack without --pack_loss, as the original): w = W / (P * T_p) for every token of
               pack p, P = packs of the step, T_p = target tokens of pack p -> mean over packs of each
               pack's token mean (sequences in small packs, and long answers, weigh more)
+Sequence parallelism (N > 1): the N consecutive ranks of a group share each unit, each holding 1/N of its
+row (longalign/sequence_parallel.py), so the sampler lists every rank's batch N times over, once per rank of
+the group. The weights keep the factor W: each rank's loss is the sum over its slice, the slices of a unit add
+up to the unit's loss, and the gradient is still averaged over all W ranks.
 A dummy unit carries the micro-step's shortest sequence with weight 0: it joins the forward/backward (so every rank runs
 the same collective calls under ZeRO-3) and adds exactly zero to loss and gradients.
 """
@@ -74,14 +79,18 @@ class Schedule:
 
     def __init__(self, method: str, num_target_tokens: np.ndarray, lengths: np.ndarray, *, world_size: int,
                  per_device: int, accumulation: int, seed: int, reduction: str,
-                 groups: list[list[int]] | None = None, packs: list[list[int]] | None = None):
+                 groups: list[list[int]] | None = None, packs: list[list[int]] | None = None,
+                 sequence_parallel: int = 1):
         if method not in METHODS:
             raise ValueError(f"batch method must be one of {METHODS}, got {method!r}")
         if reduction not in REDUCTIONS:
             raise ValueError(f"loss reduction must be one of {REDUCTIONS}, got {reduction!r}")
         self.method, self.reduction, self.seed = method, reduction, seed
+        if world_size % sequence_parallel:
+            raise ValueError(f"sequence parallel size {sequence_parallel} must divide the world size {world_size}")
         self.world_size, self.per_device, self.accumulation = world_size, per_device, accumulation
-        self.K = world_size * per_device
+        self.sequence_parallel = sequence_parallel
+        self.K = world_size // sequence_parallel * per_device
         self.num_target_tokens = np.asarray(num_target_tokens, dtype=np.int64)  # (n,) N_i
         self.lengths = np.asarray(lengths, dtype=np.int64)                      # (n,)
         n = len(self.lengths)
@@ -157,18 +166,22 @@ class Schedule:
     def slots(self, epoch: int) -> list[Slot]:
         """The epoch flattened in sampler order: step, micro-step, rank, unit; each with its weights."""
         out: list[Slot] = []
+        B, N = self.per_device, self.sequence_parallel
         for step in self.optimizer_steps(epoch):
             coefs = self.step_coefficients(step)
             pos = 0
             for micro in step:
                 # the dummies run the micro-step's shortest sequence with weight 0: the least wasted work
                 filler = (min((i for u in micro if u is not None for i in u), key=lambda i: self.lengths[i]),)
+                slots = []
                 for unit in micro:
                     if unit is None:
-                        out.append(Slot(filler, (0.0,)))
+                        slots.append(Slot(filler, (0.0,)))
                     else:
-                        out.append(Slot(unit, tuple(coefs.get((pos, i), 0.0) for i in unit)))
+                        slots.append(Slot(unit, tuple(coefs.get((pos, i), 0.0) for i in unit)))
                     pos += 1
+                # group g's batch of B units, once for each of its N ranks (N = 1: unchanged)
+                out += [s for g in range(0, len(slots), B) for _ in range(N) for s in slots[g:g + B]]
         return out
 
     def step_stats(self, epoch: int) -> list[StepStats]:
@@ -183,4 +196,4 @@ class Schedule:
 
     def __len__(self) -> int:
         """Slots per epoch (the same every epoch)."""
-        return self.num_micro_steps * self.K
+        return self.num_micro_steps * self.K * self.sequence_parallel

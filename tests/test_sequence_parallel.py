@@ -56,6 +56,36 @@ def test_shard_batch_shifts_on_the_full_row():
     assert r1["input_ids"].tolist() == [[15, 16, 17, 18, 0]]
 
 
+@pytest.mark.parametrize("B", [1, 2])
+def test_schedule_gives_the_ranks_of_a_group_the_same_units(B):
+    """W = 4 ranks, N = 2: K = W / N x B units per micro-step, the same units (in the same order) as a run of
+    W / N ranks without SP; through accelerate's dealing, ranks 2g and 2g+1 get the same batches; the weights
+    keep the factor W (4, not 2)."""
+    import numpy as np
+    from accelerate.data_loader import BatchSamplerShard
+    from torch.utils.data import BatchSampler
+
+    from longalign.batches import ScheduleSampler
+    from longalign.schedule import Schedule
+
+    rng = np.random.default_rng(0)
+    lengths, targets = rng.integers(20, 400, 19), rng.integers(1, 20, 19)
+    groups = [list(range(s, min(s + 2 * B, 19))) for s in range(0, 19, 2 * B)]
+    common = dict(per_device=B, accumulation=2, seed=1, reduction="sequence", groups=groups)
+    sp = Schedule("sort", targets, lengths, world_size=4, sequence_parallel=2, **common)
+    dp = Schedule("sort", targets, lengths, world_size=2, **common)
+    assert sp.K == dp.K == 2 * B and len(sp) == 2 * len(dp)
+    dealt = [list(BatchSamplerShard(BatchSampler(ScheduleSampler(sp), B, drop_last=False), num_processes=4,
+                                    process_index=r)) for r in range(4)]
+    reference = [list(BatchSamplerShard(BatchSampler(ScheduleSampler(dp), B, drop_last=False), num_processes=2,
+                                        process_index=g)) for g in range(2)]
+    for r in range(4):
+        assert [[s.seq_ids for s in b] for b in dealt[r]] == [[s.seq_ids for s in b] for b in reference[r // 2]]
+        for got, ref in zip(dealt[r], reference[r // 2], strict=True):
+            for a, b in zip(got, ref, strict=True):
+                assert np.allclose(np.array(a.coefs), 2 * np.array(b.coefs))  # W = 4 vs 2
+
+
 # ---------------------------------------------------------------------------------------------
 # Two processes
 
