@@ -25,6 +25,7 @@ and counted under its reason in meta.json (README, "Data pipeline", lists them).
 import itertools
 import json
 import multiprocessing
+import os
 import random
 import sys
 from collections import Counter
@@ -200,6 +201,10 @@ def init_worker(tokenizer_path: str, trust_remote_code: bool, settings: dict) ->
     _worker.update(settings, tokenizer=tok)
 
 
+def single_threaded() -> None:
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # read by the Rust tokenizer at every batch call
+
+
 def cut_chars(pieces: list[tuple[str, bool]], max_chars: int) -> list[tuple[str, bool]] | None:
     """Middle-cut the longest context piece by characters so the sample has at most max_chars; None if
     the rest alone is longer. Bounds the tokenizer's work on a huge line."""
@@ -326,11 +331,13 @@ def main(argv=None) -> dict:
         stats[source].update(kept=0, truncated=0, num_tokens=0, num_target_tokens=0)
     init_worker(*init)
     if args.num_proc > 1:
-        # fork: the workers inherit the loaded tokenizer (each runs single-threaded after the fork);
-        # where there is no fork, spawned workers load it themselves
+        # fork: the workers inherit the loaded tokenizer and run it single-threaded (the Rust thread pool
+        # does not survive a fork: a worker that used it would hang); where there is no fork, spawned
+        # workers load the tokenizer themselves
         fork = "fork" in multiprocessing.get_all_start_methods()
         ctx = multiprocessing.get_context("fork" if fork else "spawn")
-        pool = ctx.Pool(args.num_proc, initializer=None if fork else init_worker, initargs=() if fork else init)
+        pool = ctx.Pool(args.num_proc, initializer=single_threaded if fork else init_worker,
+                        initargs=() if fork else init)
         results = pool.imap(tokenize_batch, jobs)
     else:
         pool = None

@@ -153,7 +153,8 @@ def test_store_round_trip_and_labels(tmp_path, tokenizer_dir, tokenizer, chat_da
     assert store.disk_bytes() / meta["num_tokens"] <= 2.5
 
 
-def test_datanum_is_honoured_and_seeded(tmp_path, tokenizer_dir, chat_data_dir):
+def test_datanum_is_honoured_and_seeded(tmp_path, tokenizer_dir, chat_data_dir, monkeypatch):
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "true")  # forked workers must not hang on the Rust pool
     raw = chat_data_dir / "raw"
     metas, stores = [], []
     for k, (seed, num_proc) in enumerate([(1, 1), (1, 2), (2, 1)]):
