@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from jinja2 import TemplateError
 from tqdm import tqdm
 from transformers import HfArgumentParser
 
@@ -244,7 +245,11 @@ def tokenize_batch(job: tuple[str, list[tuple[int, int]]]) -> list[tuple]:
             messages, reason, _ = parse_line(f.read(size).rstrip(b"\n"))
             if reason is not None:
                 raise RuntimeError(f"{path} changed while it was read (offset {offset})")
-            pieces = chat.conversation_pieces(messages, w["template"], w["tokenizer"])
+            try:
+                pieces = chat.conversation_pieces(messages, w["template"], w["tokenizer"])
+            except (ValueError, TemplateError):  # a chat template that refuses this conversation
+                results.append(("skip", "chat_template_error"))
+                continue
             if middle:
                 bounded = cut_chars(pieces, max_chars)
             else:
@@ -283,6 +288,8 @@ def load_tokenizer(args: Args):
     except (OSError, ValueError) as e:
         fail(f"--model {args.model}: no tokenizer could be loaded from {path} ({str(e).splitlines()[0]}); "
              f"pass a local folder or a hub id (with network access).")
+    if args.template == "chat_template" and not getattr(tok, "chat_template", None):
+        fail(f"--model {args.model}: the tokenizer has no chat template; pass --template chatglm or llama.")
     if tok.eos_token_id is None:
         fail(f"--model {args.model}: the tokenizer has no EOS token, which ends every answer; pick another.")
     return path, tok
