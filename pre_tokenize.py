@@ -37,7 +37,7 @@ from jinja2 import TemplateError
 from tqdm import tqdm
 from transformers import HfArgumentParser
 
-from longalign import chat
+from longalign import chat, packing
 from longalign.store import StoreWriter
 
 
@@ -333,10 +333,12 @@ def main(argv=None) -> dict:
     settings = {k: getattr(args, k) for k in ("template", "max_length", "truncation", "max_chars_per_token")}
     settings["prefix"] = chat.special_prefix(tok) if args.template != "chat_template" else []
     init = (tokenizer_path, args.trust_remote_code, settings)
+    for stale in (packing.SORT_PLAN, packing.PACK_PLAN, "stats.json"):  # plans of an older store here
+        (Path(args.out_dir) / stale).unlink(missing_ok=True)
     writer = StoreWriter(args.out_dir, len(tok))
     for source in files:
         stats[source].update(kept=0, truncated=0, num_tokens=0, num_target_tokens=0)
-    init_worker(*init)
+    _worker.update(settings, tokenizer=tok)
     if args.num_proc > 1:
         # fork: the workers inherit the loaded tokenizer and run it single-threaded (the Rust thread pool
         # does not survive a fork: a worker that used it would hang); where there is no fork, spawned
@@ -381,7 +383,7 @@ def main(argv=None) -> dict:
         **totals, "skipped": dict(sorted(skipped.items())), "repaired": dict(sorted(repaired.items())),
         "sources": {s: {k: (dict(sorted(v.items())) if isinstance(v, Counter) else v) for k, v in st.items()}
                     for s, st in stats.items()},
-        "args": {k: v for k, v in asdict(args).items()},
+        "args": asdict(args),
     })
     print(f"pre_tokenize: read {meta['lines_read']} lines, kept {meta['kept']} "
           f"({meta['truncated']} truncated), skipped {sum(skipped.values())} {dict(skipped)}; "
