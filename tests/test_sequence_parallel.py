@@ -1,7 +1,7 @@
 """Ulysses sequence parallelism (longalign/sequence_parallel.py) against one process over the full row.
 
-Two processes (gloo, float64) split a plain row and a packed row of a tiny Llama (GQA: KV heads split) and a
-tiny ChatGLM (one KV head: DeepSpeed replicates it): the loss summed over the slices, each slice's logits and
+Two processes (gloo, float64) split a plain row and a packed row of a tiny Llama (GQA: KV heads split; also
+with activation checkpointing) and a tiny ChatGLM (one KV head: DeepSpeed replicates it): the loss summed over the slices, each slice's logits and
 the gradients summed over the ranks equal one process's on the full row. Control: the same slices without the
 all-to-all (each rank attends only inside its slice) must differ.
 """
@@ -139,8 +139,14 @@ def worker(rank: int, world: int, port: int, out_path: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     results = {}
-    for model_name, model in tiny_models().items():
+    models = tiny_models()
+    # activation checkpointing recomputes each layer, all-to-alls included, during backward
+    models["llama+checkpointing"] = copy.deepcopy(models["llama"])
+    for model_name, model in models.items():
         sp_model = copy.deepcopy(model)
+        if model_name.endswith("checkpointing"):
+            sp_model.activation_checkpointing_enable()
+            sp_model.train()
         sequence_parallel.enable(sp_model, world)
         for row_name, row in rows().items():
             T = row["input_ids"].shape[1]
