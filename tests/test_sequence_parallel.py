@@ -126,6 +126,13 @@ def rows() -> dict:
         if len(lengths) > 1:
             row["cu_seqlens"] = cu
         out[name] = row
+    # two right-padded rows (naive/sort with a per-device batch of 2): 29 and 18 real tokens
+    ids = torch.randint(1, 96, (2, 29), generator=g)
+    mask = (torch.arange(29)[None] < torch.tensor([[29], [18]])).long()
+    labels = torch.where((torch.rand(2, 29, generator=g) < 0.7) & mask.bool(), ids, IGNORE_INDEX)
+    labels[:, 0] = IGNORE_INDEX
+    weights = torch.where(labels != IGNORE_INDEX, torch.rand(2, 29, generator=g, dtype=torch.float64), 0.0)
+    out["two rows"] = {"input_ids": ids, "labels": labels, "loss_weights": weights, "attention_mask": mask}
     return out
 
 
@@ -147,16 +154,20 @@ def worker(rank: int, world: int, port: int, out_path: str) -> None:
         if model_name.endswith("checkpointing"):
             sp_model.activation_checkpointing_enable()
             sp_model.train()
-        sequence_parallel.enable(sp_model, world)
         for row_name, row in rows().items():
-            T = row["input_ids"].shape[1]
+            B, T = row["input_ids"].shape
+            sequence_parallel.enable(sp_model, world, batch_size=B)
             # one process, full row
             model.zero_grad()
             ref = model(**row)
             ref.loss.backward()
             ref_grads = {k: p.grad.clone() for k, p in model.named_parameters()}
             with torch.no_grad():
-                ref_logits = model(input_ids=row["input_ids"], cu_seqlens=row.get("cu_seqlens"), use_cache=False).logits
+                ref_logits = model(input_ids=row["input_ids"], cu_seqlens=row.get("cu_seqlens"),
+                                   attention_mask=row.get("attention_mask"), use_cache=False).logits
+                # padding positions attend differently (nothing to compare): zero them on both sides
+                real_tokens = row.get("attention_mask", torch.ones(B, T, dtype=torch.long))[..., None]
+                ref_logits = ref_logits * real_tokens
             # this rank's slice
             shard = shard_batch(row, rank, world, pad_token_id=0)
             sp_model.zero_grad()
@@ -171,14 +182,15 @@ def worker(rank: int, world: int, port: int, out_path: str) -> None:
                 logits = sp_model(input_ids=shard["input_ids"], position_ids=shard["position_ids"], use_cache=False).logits
             n = shard["input_ids"].shape[1]
             real = slice(rank * n, min((rank + 1) * n, T))
-            logit_diff = (logits[:, : real.stop - real.start] - ref_logits[:, real]).abs().max()
+            logits = logits[:, : real.stop - real.start] * real_tokens[:, real]
+            logit_diff = (logits - ref_logits[:, real]).abs().max()
             dist.all_reduce(logit_diff, op=dist.ReduceOp.MAX)
             # control: the same slices, each rank attending only inside its own
             sequence_parallel.disable(sp_model)
             with torch.no_grad():
                 control = sp_model(**shard).loss
             dist.all_reduce(control)
-            sequence_parallel.enable(sp_model, world)
+            sequence_parallel.enable(sp_model, world, batch_size=B)
             results[f"{model_name}/{row_name}"] = {
                 "loss": float(ref.loss.detach()), "loss_diff": float((total - ref.loss.detach()).abs()),
                 "logits_diff": float(logit_diff),
