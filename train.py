@@ -283,6 +283,10 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: TrainingArgu
     output_dir = Path(args.output_dir)
     if args.should_save:
         shutil.rmtree(output_dir / STAGING, ignore_errors=True)  # a half-written checkpoint of a killed run
+        previous = output_dir / "run_config.json"
+        if resume and previous.is_file() and json.loads(previous.read_text())["data"] != asdict(data_args):
+            print(f"[train] warning: the data arguments differ from those in {previous}: the resumed run "
+                  f"will not continue the same data order", flush=True)
         write_run_config(output_dir / "run_config.json", model_args, data_args, args, resume)
     if resume and args.should_save:
         step = json.loads((Path(resume) / "trainer_state.json").read_text())["global_step"]
