@@ -32,7 +32,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from longalign.attention import attention, prepare_positions, resolve_cache
 from longalign.loss import LMHead
-from modeling_llama import RMSNorm, RotaryEmbedding
+from modeling_llama import LlamaPreTrainedModel, RMSNorm, RotaryEmbedding
 
 # ---------------------------------------------------------------------------------------------
 # Config: the original field names, plus the standard names transformers' generation code reads
@@ -182,14 +182,8 @@ class ChatGLMPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["GLMBlock"]
     _keys_to_ignore_on_load_unexpected = [r"rotary_pos_emb\.inv_freq"]  # the .bin releases store it
     accepts_loss_kwargs = False  # see modeling_llama.py: the loss is not num_items_in_batch-normalised
-
-    def _init_weights(self, module):
-        if isinstance(module, RotaryEmbedding):  # non-persistent buffers: rebuilt from rope_ratio
-            inv_freq, _ = module.compute_inv_freq()
-            module.inv_freq.copy_(inv_freq)
-            module.original_inv_freq.copy_(inv_freq)
-        else:
-            super()._init_weights(module)
+    _supports_sdpa = _supports_flash_attn = True  # accepted; attention is longalign/attention.py's anyway
+    _init_weights = LlamaPreTrainedModel._init_weights  # rotary buffers rebuilt from rope_ratio, never loaded
 
 
 class ChatGLMModel(ChatGLMPreTrainedModel):

@@ -171,6 +171,9 @@ class LlamaPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["DecoderLayer"]
     accepts_loss_kwargs = False  # the HF Trainer must not expect a num_items_in_batch-normalised loss
+    # attention always goes through longalign/attention.py (flash-attn varlen on CUDA when installed,
+    # else SDPA), whatever `attn_implementation` says; these let callers pass "sdpa" or "flash_attention_2"
+    _supports_sdpa = _supports_flash_attn = True
 
     def _init_weights(self, module):
         if isinstance(module, RotaryEmbedding):  # non-persistent buffers: rebuilt, never loaded
@@ -178,7 +181,7 @@ class LlamaPreTrainedModel(PreTrainedModel):
             module.inv_freq.copy_(inv_freq)
             module.original_inv_freq.copy_(inv_freq)
         else:
-            super()._init_weights(module)
+            PreTrainedModel._init_weights(self, module)  # (explicit: modeling_chatglm.py reuses this method)
 
 
 class LlamaModel(LlamaPreTrainedModel):

@@ -25,6 +25,7 @@ and counted under its reason in meta.json (README, "Data pipeline", lists them).
 import itertools
 import json
 import multiprocessing
+import os
 import random
 import sys
 from collections import Counter
@@ -32,10 +33,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from jinja2 import TemplateError
 from tqdm import tqdm
 from transformers import HfArgumentParser
 
-from longalign import chat
+from longalign import chat, packing
 from longalign.store import StoreWriter
 
 
@@ -200,6 +202,10 @@ def init_worker(tokenizer_path: str, trust_remote_code: bool, settings: dict) ->
     _worker.update(settings, tokenizer=tok)
 
 
+def single_threaded() -> None:
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # read by the Rust tokenizer at every batch call
+
+
 def cut_chars(pieces: list[tuple[str, bool]], max_chars: int) -> list[tuple[str, bool]] | None:
     """Middle-cut the longest context piece by characters so the sample has at most max_chars; None if
     the rest alone is longer. Bounds the tokenizer's work on a huge line."""
@@ -239,7 +245,11 @@ def tokenize_batch(job: tuple[str, list[tuple[int, int]]]) -> list[tuple]:
             messages, reason, _ = parse_line(f.read(size).rstrip(b"\n"))
             if reason is not None:
                 raise RuntimeError(f"{path} changed while it was read (offset {offset})")
-            pieces = chat.conversation_pieces(messages, w["template"], w["tokenizer"])
+            try:
+                pieces = chat.conversation_pieces(messages, w["template"], w["tokenizer"])
+            except (ValueError, TemplateError):  # a chat template that refuses this conversation
+                results.append(("skip", "chat_template_error"))
+                continue
             if middle:
                 bounded = cut_chars(pieces, max_chars)
             else:
@@ -278,6 +288,8 @@ def load_tokenizer(args: Args):
     except (OSError, ValueError) as e:
         fail(f"--model {args.model}: no tokenizer could be loaded from {path} ({str(e).splitlines()[0]}); "
              f"pass a local folder or a hub id (with network access).")
+    if args.template == "chat_template" and not getattr(tok, "chat_template", None):
+        fail(f"--model {args.model}: the tokenizer has no chat template; pass --template chatglm or llama.")
     if tok.eos_token_id is None:
         fail(f"--model {args.model}: the tokenizer has no EOS token, which ends every answer; pick another.")
     return path, tok
@@ -321,16 +333,20 @@ def main(argv=None) -> dict:
     settings = {k: getattr(args, k) for k in ("template", "max_length", "truncation", "max_chars_per_token")}
     settings["prefix"] = chat.special_prefix(tok) if args.template != "chat_template" else []
     init = (tokenizer_path, args.trust_remote_code, settings)
+    for stale in (packing.SORT_PLAN, packing.PACK_PLAN, "stats.json"):  # plans of an older store here
+        (Path(args.out_dir) / stale).unlink(missing_ok=True)
     writer = StoreWriter(args.out_dir, len(tok))
     for source in files:
         stats[source].update(kept=0, truncated=0, num_tokens=0, num_target_tokens=0)
-    init_worker(*init)
+    _worker.update(settings, tokenizer=tok)
     if args.num_proc > 1:
-        # fork: the workers inherit the loaded tokenizer (each runs single-threaded after the fork);
-        # where there is no fork, spawned workers load it themselves
+        # fork: the workers inherit the loaded tokenizer and run it single-threaded (the Rust thread pool
+        # does not survive a fork: a worker that used it would hang); where there is no fork, spawned
+        # workers load the tokenizer themselves
         fork = "fork" in multiprocessing.get_all_start_methods()
         ctx = multiprocessing.get_context("fork" if fork else "spawn")
-        pool = ctx.Pool(args.num_proc, initializer=None if fork else init_worker, initargs=() if fork else init)
+        pool = ctx.Pool(args.num_proc, initializer=single_threaded if fork else init_worker,
+                        initargs=() if fork else init)
         results = pool.imap(tokenize_batch, jobs)
     else:
         pool = None
@@ -367,7 +383,7 @@ def main(argv=None) -> dict:
         **totals, "skipped": dict(sorted(skipped.items())), "repaired": dict(sorted(repaired.items())),
         "sources": {s: {k: (dict(sorted(v.items())) if isinstance(v, Counter) else v) for k, v in st.items()}
                     for s, st in stats.items()},
-        "args": {k: v for k, v in asdict(args).items()},
+        "args": asdict(args),
     })
     print(f"pre_tokenize: read {meta['lines_read']} lines, kept {meta['kept']} "
           f"({meta['truncated']} truncated), skipped {sum(skipped.values())} {dict(skipped)}; "

@@ -68,15 +68,18 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
                 torch.mm(h, weight.t(), out=logits)
             else:
                 logits.copy_(h @ weight.t())                                 # bf16 matmul, fp32 softmax
-            lse = torch.logsumexp(logits, dim=1)                             # (c,)
-            ce = lse - logits.gather(1, y[:, None]).squeeze(1)               # (c,)
-            loss += (w * ce).sum()
+            # CE = logsumexp(z) - z_y, with the softmax left in the buffer: each pass over the (c, V)
+            # buffer costs as much as a small matmul, so there are as few as possible and no temporaries
+            target_logit = logits.gather(1, y[:, None]).squeeze(1)          # (c,)
+            z_max = logits.amax(dim=1)                                       # (c,)
+            logits.sub_(z_max[:, None]).exp_()                               # exp(z - max), in place
+            z_sum = logits.sum(dim=1)                                        # (c,)
+            loss += (w * (z_max + z_sum.log() - target_logit)).sum()
             if not need_grad:
                 continue
-            # d(w * CE)/d logits = w * (softmax - onehot(y)), written over the logits in place
-            logits.sub_(lse[:, None]).exp_()
-            logits.scatter_add_(1, y[:, None], logits.new_full((h.shape[0], 1), -1.0))
-            logits.mul_(w[:, None])
+            # d(w * CE)/dz = w * (softmax - onehot(y)), written over the buffer in place
+            logits.mul_((w / z_sum)[:, None])
+            logits.scatter_add_(1, y[:, None], -w[:, None])
             g = logits if hidden.dtype == torch.float32 else logits.to(hidden.dtype)
             torch.mm(g, weight, out=grad_hidden[s:s + chunk_size])          # (c, H)
             grad_weight.addmm_(logits.t(), h.float())                      # (V, H), fp32

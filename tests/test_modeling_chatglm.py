@@ -85,6 +85,7 @@ def test_logits_equal_glm_through_key_mapping(tmp_path, rope_ratio, fmt):
     x = ids(160, 2, 48)
     with torch.no_grad():
         diff = (ours(x).logits - glm(x).logits).abs().max().item()
+    print(f"PARITY chatglm ({fmt}, rope_ratio {rope_ratio}) vs GlmForCausalLM: max|diff| {diff:.1e}")
     assert diff <= 1e-5, f"rope_ratio {rope_ratio}: max |diff| {diff:.2e}"
 
 
@@ -93,7 +94,9 @@ def test_negative_control_wrong_rope_ratio_differs(tmp_path):
     ours = ChatGLMForConditionalGeneration.from_pretrained(tmp_path, rope_ratio=1).eval()
     x = ids(160, 1, 48)
     with torch.no_grad():
-        assert (ours(x).logits - glm(x).logits).abs().max() > 1e-3
+        control = (ours(x).logits - glm(x).logits).abs().max().item()
+    print(f"PARITY control (rope_ratio 200 checkpoint read with 1): max|diff| {control:.1e}")
+    assert control > 1e-3
 
 
 def test_glm4_shaped_checkpoint_loads_through_load_model(tmp_path):
@@ -102,7 +105,9 @@ def test_glm4_shaped_checkpoint_loads_through_load_model(tmp_path):
     assert isinstance(ours, ChatGLMForConditionalGeneration) and ours.config.vocab_size == 151552
     x = ids(151552, 1, 24)
     with torch.no_grad():
-        assert (ours(x).logits - glm(x).logits).abs().max() <= 1e-5
+        diff = (ours(x).logits - glm(x).logits).abs().max().item()
+    print(f"PARITY GLM-4-shaped chatglm checkpoint vs GlmForCausalLM: max|diff| {diff:.1e}")
+    assert diff <= 1e-5
 
 
 @pytest.fixture(scope="module")

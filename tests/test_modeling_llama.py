@@ -58,6 +58,7 @@ def test_logits_equal_transformers(tmp_path, variant):
     x = ids(2, 40)  # 40 > max_position_embeddings 32: dynamic/yarn/llama3 scaling takes effect
     with torch.no_grad():
         diff = (ours(x).logits - ref(x).logits).abs().max().item()
+    print(f"PARITY logits vs transformers {variant}: max|diff| {diff:.1e}")  # README figures (pytest -s)
     assert diff <= 1e-5, f"{variant}: max |diff| {diff:.2e}"
 
 
@@ -68,7 +69,9 @@ def test_negative_control_wrong_rope_differs(tmp_path):
     ours = LlamaForCausalLM.from_pretrained(tmp_path, config=config).eval()
     x = ids(1, 40)
     with torch.no_grad():
-        assert (ours(x).logits - ref(x).logits).abs().max() > 1e-3
+        control = (ours(x).logits - ref(x).logits).abs().max().item()
+    print(f"PARITY control (llama3 checkpoint read as default RoPE): max|diff| {control:.1e}")
+    assert control > 1e-3
 
 
 def packed_batch(lengths=(7, 12, 1, 20), seed=1):
@@ -88,8 +91,9 @@ def test_packed_logits_equal_per_sequence(pair):
     with torch.no_grad():
         packed = ours(x, cu_seqlens=cu).logits
         alone = torch.cat([ours(x[:, s:e]).logits for s, e in zip(bounds[:-1], bounds[1:], strict=False)], dim=1)
-        assert (packed - alone).abs().max() <= 1e-5
-        assert (ours(x).logits - alone).abs().max() > 1e-3  # negative control: no cu_seqlens
+        diff, control = (packed - alone).abs().max().item(), (ours(x).logits - alone).abs().max().item()
+    print(f"PARITY packed vs per-sequence logits: max|diff| {diff:.1e}; control without cu_seqlens {control:.1e}")
+    assert diff <= 1e-5 and control > 1e-3
 
 
 def test_weighted_loss_equals_brute_force_on_reference_logits(pair):
@@ -103,6 +107,7 @@ def test_weighted_loss_equals_brute_force_on_reference_logits(pair):
             for t in range(s + 1, e):
                 if labels[0, t] != IGNORE_INDEX:
                     expected -= weights[0, t].item() * logp[t - s - 1, labels[0, t]].item()
+    print(f"PARITY weighted loss vs brute force on transformers logits: |diff| {abs(loss.item() - expected):.1e}")
     assert abs(loss.item() - expected) <= 1e-5 * abs(expected)
 
 
@@ -139,7 +144,9 @@ def test_packed_gradients_equal_per_sequence_and_checkpointing(pair):
     saved, saved_ckpt = [], []
     packed = weighted_grads(ours, x, cu, labels, weights, packed=True, saved=saved)
     alone = weighted_grads(ours, x, cu, labels, weights, packed=False)
-    assert max((packed[n] - alone[n]).abs().max().item() for n in packed) <= 1e-5
+    diff = max((packed[n] - alone[n]).abs().max().item() for n in packed)
+    print(f"PARITY packed vs per-sequence gradients (weighted loss): max|diff| {diff:.1e}")
+    assert diff <= 1e-5
     ours.activation_checkpointing_enable()  # transformers 5's name for gradient_checkpointing_enable
     try:
         ckpt = weighted_grads(ours, x, cu, labels, weights, packed=True, saved=saved_ckpt)

@@ -153,7 +153,8 @@ def test_store_round_trip_and_labels(tmp_path, tokenizer_dir, tokenizer, chat_da
     assert store.disk_bytes() / meta["num_tokens"] <= 2.5
 
 
-def test_datanum_is_honoured_and_seeded(tmp_path, tokenizer_dir, chat_data_dir):
+def test_datanum_is_honoured_and_seeded(tmp_path, tokenizer_dir, chat_data_dir, monkeypatch):
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "true")  # forked workers must not hang on the Rust pool
     raw = chat_data_dir / "raw"
     metas, stores = [], []
     for k, (seed, num_proc) in enumerate([(1, 1), (1, 2), (2, 1)]):
@@ -205,3 +206,23 @@ def test_user_errors_are_one_sentence(tmp_path, tokenizer_dir, capsys):
             pre_tokenize.main(["--model", str(tokenizer_dir), "--out_dir", str(tmp_path / "o"), *argv])
         assert e.value.code == 2
         assert len(capsys.readouterr().err.strip().splitlines()) >= 1
+
+
+def test_a_template_that_refuses_a_conversation_skips_it(tmp_path, tokenizer, chat_data_dir):
+    """Some chat templates raise on a system turn: that conversation is skipped and counted, not fatal."""
+    from longalign.synthetic import CHAT_TEMPLATE
+
+    strict = "{% if messages[0]['role'] == 'system' %}{{ raise_exception('no system turns') }}{% endif %}"
+    tok_dir = tmp_path / "tok"
+    tokenizer.save_pretrained(tok_dir)
+    tok = type(tokenizer).from_pretrained(tok_dir)
+    tok.chat_template = strict + CHAT_TEMPLATE
+    tok.save_pretrained(tok_dir)
+    raw = chat_data_dir / "raw" / "sharegpt.jsonl"
+    with_system = sum('"system"' in x for x in raw.read_text().splitlines())
+    meta = run(tmp_path, tok_dir, raw, "", "--datanum", "all")
+    assert with_system > 0 and meta["skipped"] == {"chat_template_error": with_system}
+    tok.chat_template = None
+    tok.save_pretrained(tmp_path / "plain")
+    with pytest.raises(SystemExit):
+        run(tmp_path, tmp_path / "plain", raw, "", "--datanum", "all")

@@ -132,6 +132,9 @@ def test_script_plans(store_dir):
     sort_and_group.main(["--train_file", str(store_dir), "--group_size", "4", "--max_length", "8192",
                          "--seed", "7"])
     assert first[packing.SORT_PLAN] != (store_dir / packing.SORT_PLAN).read_bytes()
+    pre_tokenize.main(["--model", str(store.meta["tokenizer"]), "--long_file", "", "--datanum", "0k",
+                       "--short_file", store.meta["sources"]["short"]["file"], "--out_dir", str(store_dir)])
+    assert not (store_dir / packing.PACK_PLAN).exists()  # a new store never keeps the old store's plans
 
 
 def test_sequence_longer_than_L_is_a_clear_error(store_dir, capsys, tmp_path):
