@@ -22,6 +22,7 @@ Bad lines never stop the run (unless --strict) and never vanish: each is repaire
 and counted under its reason in meta.json (README, "Data pipeline", lists them).
 """
 
+import itertools
 import json
 import multiprocessing
 import random
@@ -259,7 +260,7 @@ def tokenize_batch(job: tuple[str, list[tuple[int, int]]]) -> list[tuple]:
         if piece_ids is None:
             results[k] = too_long
             continue
-        ids = np.fromiter((t for p in piece_ids for t in p), dtype=np.int64)          # (l,)
+        ids = np.fromiter(itertools.chain.from_iterable(piece_ids), dtype=np.int64)     # (l,)
         mask = np.repeat(np.array(is_answer, dtype=bool), [len(p) for p in piece_ids])  # (l,)
         results[k] = ("ok", ids, mask, truncated)
     return results
@@ -323,12 +324,16 @@ def main(argv=None) -> dict:
     writer = StoreWriter(args.out_dir, len(tok))
     for source in files:
         stats[source].update(kept=0, truncated=0, num_tokens=0, num_target_tokens=0)
+    init_worker(*init)
     if args.num_proc > 1:
-        pool = multiprocessing.get_context("spawn").Pool(args.num_proc, initializer=init_worker, initargs=init)
+        # fork: the workers inherit the loaded tokenizer (each runs single-threaded after the fork);
+        # where there is no fork, spawned workers load it themselves
+        fork = "fork" in multiprocessing.get_all_start_methods()
+        ctx = multiprocessing.get_context("fork" if fork else "spawn")
+        pool = ctx.Pool(args.num_proc, initializer=None if fork else init_worker, initargs=() if fork else init)
         results = pool.imap(tokenize_batch, jobs)
     else:
         pool = None
-        init_worker(*init)
         results = map(tokenize_batch, jobs)
     with tqdm(total=len(samples), desc="tokenize", unit=" samples") as bar:
         for source, batch in zip(origin, results, strict=True):

@@ -125,3 +125,11 @@ def test_sharegpt_roles_and_middle_cut():
     assert chat.middle_cut(list(range(10)), 5) == [0, 1, 7, 8, 9]
     assert chat.middle_cut("abc", 5) == "abc"
     assert chat.default_template("chatglm") == "chatglm" and chat.default_template("org/x") == "chat_template"
+
+
+def test_backend_ids_equal_the_tokenizer_call(tokenizer, chat_data_dir):
+    texts = (chat_data_dir / "raw" / "sharegpt.jsonl").read_text().splitlines()[:30] + ["a </s> b <|user|>", ""]
+    for split in (False, True):
+        ref = tokenizer(texts, add_special_tokens=False, split_special_tokens=split)["input_ids"]
+        assert chat.token_ids(tokenizer, texts, split) == ref
+    assert chat.token_ids(tokenizer, ["</s>"], True) != chat.token_ids(tokenizer, ["</s>"], False)

@@ -156,17 +156,19 @@ def test_store_round_trip_and_labels(tmp_path, tokenizer_dir, tokenizer, chat_da
 def test_datanum_is_honoured_and_seeded(tmp_path, tokenizer_dir, chat_data_dir):
     raw = chat_data_dir / "raw"
     metas, stores = [], []
-    for k, seed in enumerate([1, 1, 2]):
+    for k, (seed, num_proc) in enumerate([(1, 1), (1, 2), (2, 1)]):
         out = tmp_path / f"d{k}"
         metas.append(pre_tokenize.main(["--model", str(tokenizer_dir), "--long_file", str(raw / "long.jsonl"),
                                         "--short_file", str(raw / "sharegpt.jsonl"), "--datanum", "10",
-                                        "--seed", str(seed), "--out_dir", str(out), "--max_length", "4096"]))
+                                        "--seed", str(seed), "--out_dir", str(out), "--max_length", "4096",
+                                        "--num_proc", str(num_proc), "--batch_size", "16"]))
         stores.append(out)
     long = metas[0]["sources"]["long"]
     assert long["kept"] + long["skipped"].get("too_long", 0) == 10 and long["skipped"]["beyond_datanum"] == 14
     assert metas[0]["sources"]["short"]["kept"] == 120
     for name in ("input_ids.bin", "targets.bin", "lengths.npy"):
-        assert (stores[0] / name).read_bytes() == (stores[1] / name).read_bytes()   # same seed, same bytes
+        assert (stores[0] / name).read_bytes() == (stores[1] / name).read_bytes()  # same seed: same bytes,
+                                                                                  # 1 or 2 workers
     assert (stores[0] / "input_ids.bin").read_bytes() != (stores[2] / "input_ids.bin").read_bytes()
     meta = pre_tokenize.main(["--model", str(tokenizer_dir), "--long_file", str(tmp_path / "absent.jsonl"),
                               "--short_file", str(raw / "sharegpt.jsonl"), "--datanum", "0k",
