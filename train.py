@@ -41,11 +41,12 @@ from typing import Literal
 import numpy as np
 import torch
 import transformers
-from transformers import HfArgumentParser, Trainer, TrainingArguments
+from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint, rotate_checkpoints
 
 from longalign.batches import Collator, ScheduleSampler, SlotDataset
 from longalign.schedule import Schedule
+from longalign.scriptargs import UserError, parse_args, run_main
 
 STAGING = ".checkpoint-staging"  # checkpoints are written here, then renamed into place
 
@@ -85,10 +86,6 @@ class DataArguments:
         if self.batch_method != "pack" and (self.pack_loss or self.balance):
             raise UserError(f"--pack_loss and --balance only apply to --batch_method pack, not "
                             f"{self.batch_method}: drop them or use --batch_method pack")
-
-
-class UserError(Exception):
-    """A mistake in the command line or the inputs: reported in one sentence, exit code 2."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,20 +263,9 @@ def find_resume_checkpoint(args: TrainingArguments) -> str | None:
 # ---------------------------------------------------------------------------------------------
 # Main
 
-def parse_args(argv=None):
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
-    if argv is None and len(sys.argv) == 2 and sys.argv[1].endswith((".json", ".yaml", ".yml")):
-        loader = parser.parse_json_file if sys.argv[1].endswith(".json") else parser.parse_yaml_file
-        return loader(os.path.abspath(sys.argv[1]))
-    return parser.parse_args_into_dataclasses(args=argv)
-
-
 def main(argv=None) -> dict:
-    try:
-        return run(*parse_args(argv))
-    except UserError as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    """Parse the three argument groups (also from --config FILE.yaml) and train; user errors exit 2."""
+    return run_main(lambda a: run(*parse_args((ModelArguments, DataArguments, TrainingArguments), a)), argv)
 
 
 def run(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> dict:
@@ -297,6 +283,10 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: TrainingArgu
     output_dir = Path(args.output_dir)
     if args.should_save:
         shutil.rmtree(output_dir / STAGING, ignore_errors=True)  # a half-written checkpoint of a killed run
+        previous = output_dir / "run_config.json"
+        if resume and previous.is_file() and json.loads(previous.read_text())["data"] != asdict(data_args):
+            print(f"[train] warning: the data arguments differ from those in {previous}: the resumed run "
+                  f"will not continue the same data order", flush=True)
         write_run_config(output_dir / "run_config.json", model_args, data_args, args, resume)
     if resume and args.should_save:
         step = json.loads((Path(resume) / "trainer_state.json").read_text())["global_step"]

@@ -18,7 +18,7 @@ if [ -n "${HOSTFILE:-}" ]; then LAUNCH=(deepspeed --hostfile "$HOSTFILE"); fi
 
 PAPER_ARGS=(
   --deepspeed ds_config/stage3_offload.json
-  --dtype bfloat16 --bf16 true --gradient_checkpointing true
+  --dtype bfloat16 --bf16 true --activation_checkpointing true
   --learning_rate 2e-5 --warmup_steps 0.03 --lr_scheduler_type cosine --num_train_epochs 2 --adam_beta2 0.95
   --per_device_train_batch_size 1
   --logging_steps 1 --save_steps 100 --save_total_limit 2

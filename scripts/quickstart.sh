@@ -44,7 +44,9 @@ stage sort_and_group sort_and_group.py \
 
 stage train train.py \
   python train.py --model_name_or_path "$DATA/tiny-llama" --train_file "$RUN/tokenized" \
-    --batch_method pack --pack_loss --output_dir "$RUN/model" --use_cpu true
+    --batch_method pack --pack_loss --per_device_train_batch_size 1 --learning_rate 3e-3 \
+    --warmup_steps 0.03 --lr_scheduler_type cosine --adam_beta2 0.95 --num_train_epochs 2 \
+    --logging_steps 5 --save_strategy no --output_dir "$RUN/model" --use_cpu true
 
 stage needle Needle_test/pred.py \
   bash Needle_test/quickstart.sh needle "$RUN"

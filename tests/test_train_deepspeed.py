@@ -49,11 +49,10 @@ def argv(model_dir, store, out, accumulation):
                       "--learning_rate", "1e-3", "--warmup_steps", 1, "--lr_scheduler_type", "cosine")
 
 
-def test_two_process_zero3_equals_one_process(tmp_path, tokenizer_dir, tiny_llama_dir, capsys):
+def test_two_process_zero3_equals_one_process(tmp_path, tokenizer_dir, tiny_llama_dir):
     store = make_store(tmp_path, tokenizer_dir, num_long=2, num_short=10, long_min_words=40)
     single = tmp_path / "single"
     assert train.main(argv(tiny_llama_dir, store, single, 4))["global_step"] == 3  # 12 sequences, 4 per step
-    capsys.readouterr()
 
     out = tmp_path / "zero3"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
@@ -73,4 +72,5 @@ def test_two_process_zero3_equals_one_process(tmp_path, tokenizer_dir, tiny_llam
     assert all(t.numel() > 0 for t in w.values())
     LlamaForCausalLM.from_pretrained(out, dtype=torch.float32)
     d_zero3, d_single = delta(w, weights(tiny_llama_dir)), delta(weights(single), weights(tiny_llama_dir))
-    assert rel(d_zero3, d_single) <= 1e-4
+    assert rel(d_zero3, d_single, "2 processes ZeRO-3 x accumulation 2 vs 1 process x accumulation 4 "
+               "(3 AdamW steps)") <= 1e-4

@@ -56,12 +56,16 @@ def delta(after: dict, before: dict) -> dict[str, torch.Tensor]:
     return {k: after[k].double() - before[k].double() for k in before}
 
 
-def rel(a: dict, b: dict) -> float:
-    """||a - b|| / ||b|| over all parameters (both must name the same ones)."""
+def rel(a: dict, b: dict, figure: str | None = None) -> float:
+    """||a - b|| / ||b|| over all parameters (both must name the same ones). With `figure`, also print it as
+    a "[figure]" line (pytest -s shows them: the README's numbers)."""
     assert sorted(a) == sorted(b), set(a) ^ set(b)
     flat_a = torch.cat([a[k].double().flatten() for k in sorted(b)])
     flat_b = torch.cat([b[k].double().flatten() for k in sorted(b)])
-    return float((flat_a - flat_b).norm() / flat_b.norm())
+    value = float((flat_a - flat_b).norm() / flat_b.norm())
+    if figure:
+        print(f"[figure] {figure}: relative difference {value:.1e}")
+    return value
 
 
 def reference_sgd_delta(model_dir: Path, store_dir: Path, ids=None, reduction="sequence") -> dict[str, torch.Tensor]:
