@@ -40,12 +40,12 @@ from longalign.loss import shift_targets
 def check_sizes(sp_size: int, world_size: int, num_heads: int, num_kv_heads: int) -> None:
     """Raise ValueError, naming the numbers, unless N ranks can split this model and world."""
     if sp_size < 1 or world_size % sp_size:
-        raise ValueError(f"--sequence_parallel_size {sp_size} must divide the world size {world_size}.")
+        raise ValueError(f"--sequence_parallel_size {sp_size} must divide the world size {world_size}")
     if num_heads % sp_size:
-        raise ValueError(f"--sequence_parallel_size {sp_size} must divide the model's {num_heads} attention heads.")
+        raise ValueError(f"--sequence_parallel_size {sp_size} must divide the model's {num_heads} attention heads")
     if num_kv_heads % sp_size and sp_size % num_kv_heads:
         raise ValueError(f"--sequence_parallel_size {sp_size} and the model's {num_kv_heads} KV heads must divide "
-                         f"one another (KV heads are split, or replicated when there are fewer than ranks).")
+                         f"one another (KV heads are split, or replicated when there are fewer than ranks)")
 
 
 def initialize(sp_size: int):
