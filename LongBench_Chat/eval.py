@@ -8,7 +8,7 @@ the last one stopped.
 
 Run as:
     OPENAI_API_KEY=... python LongBench_Chat/eval.py --model_path THUDM/LongAlign-7B-64k \
-        --data_dir LongBench_Chat/data --output_dir runs/lbc/longalign-7b [--judge_runs 2]
+        --data_dir data/longbench_chat --output_dir runs/lbc/longalign-7b [--judge_runs 2]
 
 Inputs (--data_dir; see LongBench_Chat/README.md for the published files):
     test_cases.json  [{"idx", "prompt", "query", "answer"}]
@@ -46,7 +46,7 @@ class Args:
         "help": "model folder or hub id (our model files for llama/chatglm types, AutoModelForCausalLM "
                 "otherwise); with --gen_base_url only its tokenizer is loaded, for truncation"})
     tokenizer: str | None = field(default=None, metadata={"help": "tokenizer folder if the model folder has none (default: the model's)"})
-    data_dir: str = field(default="LongBench_Chat/data", metadata={
+    data_dir: str = field(default="data/longbench_chat", metadata={
         "help": "folder with test_cases.json, few_shots.json and prompt_fs.txt"})
     output_dir: str = field(default="runs/longbench_chat", metadata={"help": "where the outputs go"})
     max_length: int = field(default=64000, metadata={

@@ -1,7 +1,9 @@
 """Generation helpers shared by LongBench-Chat, the Needle test and the chat demo.
 
-- `middle_truncate`: keep the head and the tail of an over-long input (the middle of a long document
-  matters least, and the question usually sits at the end), measured with the model's own tokenizer.
+- `truncate_text_middle`: keep the head and the tail of an over-long input (the middle of a long
+  document matters least, and the question usually sits at the end), measured with the model's own
+  tokenizer.
+- `prompt_ids`: the exact ids the model reads (chat.encode_prompt: the training tokenization).
 - `choose_template`: which chat format the model sees. The originals applied no template to models
   they did not know by name, the most common reason for bad reproduced scores; here `auto` takes the
   tokenizer's chat template when it has one, else the paper's format for the model family.

@@ -78,6 +78,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--lengths", default="1000,4000,16000", help="context lengths in tokens")
     p.add_argument("--depths", default="0,10,20,30,40,50,60,70,80,90,100", help="needle depths in percent")
+    p.add_argument("--haystack_dir", default="", help="folder of .txt files (default: the synthetic haystack)")
     args = p.parse_args(argv)
     spec = importlib.util.spec_from_file_location(
         "needle_prompt", Path(__file__).resolve().parents[1] / "Needle_test" / "prompt.py")
@@ -91,7 +92,7 @@ def main(argv=None):
             tok = train_tokenizer(kind, Path(tmp) / kind)
             prompt.main(["--tokenizer", str(Path(tmp) / kind), "--needle", needle, "--retrieval_question", question,
                          "--context_lengths", args.lengths, "--depth_percents", args.depths,
-                         "--out_dir", str(Path(tmp) / f"p-{kind}")])
+                         "--haystack_dir", args.haystack_dir, "--out_dir", str(Path(tmp) / f"p-{kind}")])
             rows = [json.loads(x) for x in (Path(tmp) / f"p-{kind}" / "prompts.jsonl").read_text().splitlines()]
             for n in [int(x) for x in args.lengths.split(",")]:
                 errs = [placement_error(tok, r["messages"][-1]["content"].split("\n\nRead the document")[0], needle,
