@@ -41,6 +41,7 @@ from typing import Literal
 import numpy as np
 import torch
 import transformers
+from tqdm.auto import tqdm
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint, rotate_checkpoints
 
@@ -178,12 +179,12 @@ class LongAlignTrainer(Trainer):
             logs["target_tokens"] = sum(s.target_tokens for s in stats)
             logs["tokens_per_second"] = round(tokens / max(now - self._log_time, 1e-9), 1)
             self._log_from_step, self._log_time = step, now
-            if self.is_world_process_zero():
-                print(f"[train] step {step}/{self.state.max_steps} epoch {self.state.epoch:.2f} "
+            if self.is_world_process_zero():  # tqdm.write: a line of its own, also under the progress bar
+                tqdm.write(f"[train] step {step}/{self.state.max_steps} epoch {self.state.epoch:.2f} "
                       f"loss {logs['loss']:.4f} lr {logs.get('learning_rate', 0.0):.3e} "
                       f"grad_norm {logs.get('grad_norm', float('nan')):.3f} seqs {logs['sequences']} "
                       f"target_tokens {logs['target_tokens']} tokens {tokens} "
-                      f"tokens/s {logs['tokens_per_second']:.1f}", flush=True)
+                      f"tokens/s {logs['tokens_per_second']:.1f}", file=sys.stdout)
         super().log(logs, start_time)
 
     def step_stats(self, global_step: int):
