@@ -3,7 +3,8 @@ and the loss of every optimizer step computed exactly (paper Eq. 2-4) on 1 or N 
 
 Run as:
     python train.py --model_name_or_path MODEL --train_file data/<model>/<datanum> --output_dir OUT \\
-        --batch_method naive|sort|pack [--pack_loss] [--loss_reduction sequence|token] [--balance] ...
+        --batch_method naive|sort|pack [--pack_loss] [--loss_reduction sequence|token] [--balance]
+        [--sequence_parallel_size N] ...
     torchrun --nproc_per_node 8 train.py ... --deepspeed ds_config/stage3.json      (one node)
     deepspeed --hostfile hostfile train.py ... --deepspeed ds_config/stage3.json   (several nodes)
 Every transformers.TrainingArguments flag works (--learning_rate, --warmup_steps 0.03, --bf16, ...);
@@ -12,7 +13,7 @@ scripts/train_*.sh hold the paper's rows.
 Inputs:
     --model_name_or_path  a Llama-family or ChatGLM checkpoint (longalign.models.load_model picks the file)
     --train_file          a folder from pre_tokenize.py (meta.json + store) and, for sort/pack,
-                          sort_and_group.py --group_size K (K = world size x per-device batch)
+                          sort_and_group.py --group_size K (K = world size / N x per-device batch)
 Outputs (in --output_dir):
     run_config.json       resolved arguments, package versions, hardware (written at every start)
     checkpoint-N/         written atomically (staged, then renamed); re-running the same command resumes
@@ -82,6 +83,10 @@ class DataArguments:
         "help": "pack: the pack plan must have been built with sort_and_group.py --balance (even cost per step)"})
     max_length: int | None = field(default=None, metadata={
         "help": "the L the sort/pack plan was built for (default: the store's max_length)"})
+    sequence_parallel_size: int = field(default=1, metadata={
+        "help": "N: Ulysses sequence parallelism, each sequence or pack split over N ranks (DeepSpeed's "
+                "all-to-all around attention); N divides the world size and the attention/KV heads, and the "
+                "plan's K is world size / N x per-device batch"})
 
     def __post_init__(self):
         if self.batch_method != "pack" and (self.pack_loss or self.balance):
@@ -106,8 +111,8 @@ def read_plan(data_args: DataArguments, store, K: int) -> dict:
         raise UserError(f"{path} does not exist (--batch_method {data_args.batch_method} needs it): {fix}")
     plan = read(path)
     if plan["group_size"] != K:
-        raise UserError(f"{path} was built for K = {plan['group_size']} devices per step but this run has "
-                        f"K = world size x --per_device_train_batch_size = {K}: {fix}")
+        raise UserError(f"{path} was built for K = {plan['group_size']} units per step but this run has "
+                        f"K = world size / --sequence_parallel_size x --per_device_train_batch_size = {K}: {fix}")
     if plan["max_length"] != L:
         raise UserError(f"{path} was built for max_length {plan['max_length']}, not {L}: {fix}, "
                         f"or pass --max_length {plan['max_length']}")
@@ -119,8 +124,11 @@ def read_plan(data_args: DataArguments, store, K: int) -> dict:
 
 
 def build_schedule(data_args: DataArguments, args: TrainingArguments, store) -> Schedule:
-    W, B = args.world_size, args.per_device_train_batch_size
-    K = W * B
+    W, B, N = args.world_size, args.per_device_train_batch_size, data_args.sequence_parallel_size
+    if N < 1 or W % N:
+        raise UserError(f"--sequence_parallel_size {N} must divide the world size {W}: launch a multiple of {N} "
+                        f"processes or change N")
+    K = W // N * B  # the N ranks of a sequence-parallel group share each unit
     reduction = data_args.loss_reduction
     if data_args.batch_method == "pack" and not data_args.pack_loss:
         reduction = "pack_mean"  # Eq. 3
@@ -132,7 +140,8 @@ def build_schedule(data_args: DataArguments, args: TrainingArguments, store) -> 
         kwargs.update(groups=plan["steps"], packs=plan["packs"])
     seed = args.data_seed if args.data_seed is not None else args.seed
     return Schedule(data_args.batch_method, store.num_target_tokens, store.lengths, world_size=W, per_device=B,
-                    accumulation=args.gradient_accumulation_steps, seed=seed, reduction=reduction, **kwargs)
+                    accumulation=args.gradient_accumulation_steps, seed=seed, reduction=reduction,
+                    sequence_parallel=N, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,18 +314,28 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: TrainingArgu
         raise UserError(f"{data_args.train_file} was tokenized with a vocabulary of {store.meta['vocab_size']} "
                         f"but {model_args.model_name_or_path} has {model.config.vocab_size}: re-run "
                         f"pre_tokenize.py with --model {model_args.model_name_or_path}")
+    N = data_args.sequence_parallel_size
+    if N > 1:  # every attention layer trades sequence for heads around our packed attention (DeepSpeed Ulysses)
+        from longalign import sequence_parallel
+
+        try:
+            sequence_parallel.enable(model, N, batch_size=1 if data_args.batch_method == "pack"
+                                     else args.per_device_train_batch_size)
+        except ValueError as e:
+            raise UserError(f"{e} ({model_args.model_name_or_path}): choose another --sequence_parallel_size") from None
 
     # 3. train
     sampler = ScheduleSampler(schedule)
     pad_id = store.meta.get("pad_token_id")
     pad_id = pad_id if pad_id is not None else store.meta.get("eos_token_id", 0)
     trainer = LongAlignTrainer(model=model, args=args, train_dataset=SlotDataset(store, sampler),
-                               data_collator=Collator(data_args.batch_method == "pack", pad_id),
+                               data_collator=Collator(data_args.batch_method == "pack", pad_id,
+                                                      sp_rank=args.process_index % N, sp_size=N),
                                schedule=schedule, sampler=sampler)
     if args.should_save:
         print(f"[train] {data_args.batch_method}{' + pack_loss' if data_args.pack_loss else ''}: {len(store)} "
               f"sequences, {schedule.num_steps} optimizer steps per epoch, K = {schedule.K} "
-              f"(world {args.world_size} x batch {args.per_device_train_batch_size}), accumulation "
+              f"(world {args.world_size} / SP {N} x batch {args.per_device_train_batch_size}), accumulation "
               f"{args.gradient_accumulation_steps}, loss {schedule.reduction}", flush=True)
     result = trainer.train(resume_from_checkpoint=resume)
 
