@@ -25,7 +25,9 @@ How the loss is owned. longalign/schedule.py gives every target token the weight
 computed from the totals of its WHOLE optimizer step (all ranks, all micro-batches, read from the store
 and the plan, no all-reduce); the model returns sum_t w_t CE_t; `LongAlignTrainer` turns off the
 Trainer's own normalisation (no num_items_in_batch, no division by accumulation steps) and the weights
-carry a factor W (world size) that undoes the average DDP/DeepSpeed take over ranks.
+carry a factor W (world size) that undoes the average DDP/DeepSpeed take over ranks. With
+--sequence_parallel_size N the N ranks of a group each hold a slice of the same row (longalign/sequence_parallel.py):
+their slice losses add up to the row's, so the weights and the factor W stay as they are.
 """
 
 import contextlib
@@ -111,7 +113,7 @@ def read_plan(data_args: DataArguments, store, K: int) -> dict:
         raise UserError(f"{path} does not exist (--batch_method {data_args.batch_method} needs it): {fix}")
     plan = read(path)
     if plan["group_size"] != K:
-        raise UserError(f"{path} was built for K = {plan['group_size']} units per step but this run has "
+        raise UserError(f"{path} was built for K = {plan['group_size']} devices per step but this run has "
                         f"K = world size / --sequence_parallel_size x --per_device_train_batch_size = {K}: {fix}")
     if plan["max_length"] != L:
         raise UserError(f"{path} was built for max_length {plan['max_length']}, not {L}: {fix}, "
