@@ -3,7 +3,7 @@
 # match scorer (offline, deterministic), then the heatmaps.
 #
 #   bash Needle_test/quickstart.sh needle  RUN_DIR   prompts, predictions, scores; prints both means
-#   bash Needle_test/quickstart.sh heatmap RUN_DIR   RUN_DIR/needle_{untrained,trained}.png (+ assets/)
+#   bash Needle_test/quickstart.sh heatmap RUN_DIR   RUN_DIR/needle_{untrained,trained}.png
 #
 # scripts/quickstart.sh calls both with runs/quickstart. The needle has the shape of the synthetic
 # training data's facts (longalign/synthetic.py): "The secret code of {name} is {code}.", asked as
@@ -51,7 +51,6 @@ heatmap)
         --title "Needle test, tiny Llama ($name)"
     fi
   done
-  mkdir -p assets && cp "$RUN"/needle_*.png assets/  # the README shows these
   ;;
 *)
   echo "usage: bash Needle_test/quickstart.sh needle|heatmap RUN_DIR" >&2
