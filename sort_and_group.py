@@ -38,7 +38,11 @@ class Args:
     balance: bool = field(default=False, metadata={
         "help": "deal packs into steps so the predicted cost of the K devices of a step is even"})
     attention_length: float = field(default=packing.ATTENTION_LENGTH, metadata={
-        "help": "l0 of the cost model l + l^2/l0: N_params / (d_model * n_layers), 51,400 for Llama-2-7B"})
+        "help": "l0 of the cost model l + l^2/l0 + r*t (longalign/packing.py): N_body / (d_model * n_layers), "
+                "49,400 for Llama-2-7B, 49,800 for ChatGLM3-6B"})
+    target_cost: float = field(default=packing.TARGET_COST, metadata={
+        "help": "r of the cost model, the output layer's cost per target token: V * d_model / N_body, "
+                "0.020 for Llama-2-7B, 0.047 for ChatGLM3-6B"})
 
     def __post_init__(self):
         if self.group_size < 1 or self.max_length < 1:
@@ -64,6 +68,7 @@ def main(argv=None) -> dict:
     except (FileNotFoundError, ValueError) as e:
         fail(f"--train_file: {e}")
     lengths, K, L = store.lengths, args.group_size, args.max_length  # lengths: int64 (n,)
+    cost = {"num_targets": store.num_target_tokens, "l0": args.attention_length, "r": args.target_cost}
     if len(lengths) and lengths.max() > L:
         fail(f"--train_file {args.train_file} holds a sequence of {lengths.max()} tokens, longer than "
              f"--max_length {L}: re-run pre_tokenize.py with --max_length {L}.")
@@ -79,7 +84,7 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     packs = packing.best_fit_decreasing(lengths, L)
     timings["best_fit_decreasing"] = time.perf_counter() - t0
-    costs = packing.pack_costs(lengths, packs, args.attention_length)  # (P,)
+    costs = packing.pack_costs(lengths, packs, **cost)  # (P,)
     steps = {b: packing.deal_steps(costs, K, args.seed, b) for b in (False, True)}
     packing.write_pack_plan(store.path, packs, steps[args.balance], lengths, K, L, args.seed, args.balance)
     t0 = time.perf_counter()
@@ -87,7 +92,7 @@ def main(argv=None) -> dict:
     timings["next_fit"] = time.perf_counter() - t0
 
     # Predicted idle fraction of the K devices (cost model in longalign/packing.py) for each method.
-    seq_costs = packing.sequence_costs(lengths, args.attention_length)  # (n,)
+    seq_costs = packing.sequence_costs(lengths, **cost)  # (n,)
     naive_steps = [list(range(s, min(s + K, len(lengths)))) for s in range(0, len(lengths), K)]
     idle = {"naive": packing.idle_fraction(seq_costs, naive_steps, K),
             "sort": packing.idle_fraction(seq_costs, groups, K),
@@ -101,7 +106,8 @@ def main(argv=None) -> dict:
              **pack_figures(lengths, packs, L),
              "num_steps": len(steps[args.balance]), "num_sort_groups": len(groups),
              "next_fit": pack_figures(lengths, nf_packs, L),
-             "cost_model": {"pack_cost": "sum_i l_i + l_i^2 / l0", "l0": args.attention_length},
+             "cost_model": {"pack_cost": "sum_i l_i + l_i^2 / l0 + r * t_i", "l0": args.attention_length,
+                            "r": args.target_cost},
              "idle_fraction": idle, "seconds": timings}
     write_json(store.path / "stats.json", stats)
     print(f"sort_and_group: {len(lengths)} sequences, {num_tokens:,} tokens -> {len(groups)} sort groups of "

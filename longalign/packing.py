@@ -126,27 +126,43 @@ def longalign_shaped_lengths(max_length: int, num_long: int = 10_000, num_short:
 # ---------------------------------------------------------------------------------------------
 # Step cost and dealing packs into steps.
 #
-# Cost model of one pack (one device's work in a step), in units of one token through the linear layers:
-#     cost = sum_i l_i + sum_i l_i**2 / l0
-# Per token the linear layers cost 6 * N_params FLOPs (forward + backward); causal attention over a
-# sequence of l tokens costs 6 * d_model * n_layers * l**2 FLOPs in total (QK^T and PV, half of it
-# masked). The ratio gives l0 = N_params / (d_model * n_layers): Llama-2-7B 6.74e9 / (4096 * 32) =
-# 51,400 tokens, ChatGLM3-6B 6.24e9 / (4096 * 28) = 54,400. Packs are blocks on the diagonal, so a
-# pack of many short sequences costs much less attention than one 64k sequence of the same tokens.
+# Cost model of one pack (one device's work in a step), in units of one token through the model's body:
+#     cost = sum_i (l_i + l_i**2 / l0 + r * t_i)
+# for sequences i of l_i tokens with t_i target tokens. Per token the transformer body (every matmul but
+# the embedding lookup and the output layer) costs 6 * N_body FLOPs (forward + backward); causal attention
+# over a sequence of l tokens costs 6 * d_model * n_layers * l**2 FLOPs in total (QK^T and PV, half of it
+# masked); the output layer runs on the target tokens only (longalign/loss.py), 6 * V * d_model each. So
+#     l0 = N_body / (d_model * n_layers),   r = V * d_model / N_body
+# Llama-2-7B: l0 = 49,400 tokens, r = 0.020; ChatGLM3-6B: l0 = 49,800, r = 0.047 (`cost_constants`).
+# Packs are blocks on the diagonal, so a pack of many short sequences costs much less attention than one
+# 64k sequence of the same tokens.
 
-ATTENTION_LENGTH = 51_400  # l0 of Llama-2-7B, the paper's main model
+ATTENTION_LENGTH = 49_400  # l0 of Llama-2-7B, the paper's main model
+TARGET_COST = 0.020        # r of Llama-2-7B
 
 
-def sequence_costs(lengths, l0: float = ATTENTION_LENGTH) -> np.ndarray:
-    """float64 (n,) predicted cost of each sequence alone: l + l**2 / l0."""
+def cost_constants(num_params: int, vocab_size: int, hidden_size: int, num_layers: int,
+                   tied_embeddings: bool = False) -> tuple[float, float]:
+    """(l0, r) of the cost model for a model of num_params parameters in all (embedding and output layer
+    included, counted once when tied)."""
+    body = num_params - vocab_size * hidden_size * (1 if tied_embeddings else 2)
+    return body / (hidden_size * num_layers), vocab_size * hidden_size / body
+
+
+def sequence_costs(lengths, num_targets=None, l0: float = ATTENTION_LENGTH, r: float = TARGET_COST
+                   ) -> np.ndarray:
+    """float64 (n,) predicted cost of each sequence alone: l + l**2 / l0 + r * t (t = 0 when not given)."""
     lengths = np.asarray(lengths, dtype=np.float64)
-    return lengths + lengths ** 2 / l0
+    targets = 0.0 if num_targets is None else np.asarray(num_targets, dtype=np.float64)
+    return lengths + lengths ** 2 / l0 + r * targets
 
 
-def pack_costs(lengths, packs: list[list[int]], l0: float = ATTENTION_LENGTH) -> np.ndarray:
+def pack_costs(lengths, packs: list[list[int]], num_targets=None, l0: float = ATTENTION_LENGTH,
+               r: float = TARGET_COST) -> np.ndarray:
     """float64 (P,) predicted cost of each pack: the sum over its sequences (attention is block-diagonal)."""
     flat, ptr = _flat(packs)
-    return np.add.reduceat(sequence_costs(lengths, l0)[flat], ptr[:-1]) if len(packs) else np.zeros(0)
+    seq = sequence_costs(lengths, num_targets, l0, r)
+    return np.add.reduceat(seq[flat], ptr[:-1]) if len(packs) else np.zeros(0)
 
 
 def deal_steps(costs, group_size: int, seed: int, balance: bool) -> list[list[int]]:

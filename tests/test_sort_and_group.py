@@ -93,6 +93,17 @@ def test_balance_evens_the_step_cost():
     assert balanced <= 0.03 and unbalanced > 3 * balanced
 
 
+def test_cost_constants_and_target_term():
+    l0, r = packing.cost_constants(6_738_415_616, 32_000, 4096, 32)   # Llama-2-7B: the defaults
+    assert round(l0, -2) == packing.ATTENTION_LENGTH and round(r, 3) == packing.TARGET_COST
+    tied = packing.cost_constants(1000 + 10 * 4, 10, 4, 2, tied_embeddings=True)
+    assert tied == (1000 / 8, 40 / 1000)
+    lengths, targets = np.array([100, 300, 50]), np.array([10, 0, 50])
+    # by hand: 100 + 100^2/1000 + 0.5*10, 50 + 50^2/1000 + 0.5*50; 300 + 300^2/1000
+    assert packing.pack_costs(lengths, [[0, 2], [1]], targets, l0=1000, r=0.5) == pytest.approx(
+        [115 + 77.5, 390], rel=1e-12)
+
+
 @pytest.fixture(scope="module")
 def store_dir(tmp_path_factory, tokenizer_dir, chat_data_dir):
     out = tmp_path_factory.mktemp("store")
