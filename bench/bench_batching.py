@@ -77,11 +77,14 @@ def prepare(args: Args):
     model_dir = out / "model"
     model = synthetic.build_tiny_llama(model_dir, tokenizer, hidden_size=args.hidden_size,
                                        num_layers=args.num_layers, num_heads=4, num_kv_heads=2)
-    # The balance cost model's attention length l0 = N_params / (d_model * n_layers) (longalign/packing.py),
-    # computed for THIS model (embeddings excluded: a lookup, not a matmul), as the paper's is for Llama-2-7B
-    l0 = (sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()) / (
-        args.hidden_size * args.num_layers)
-    print(f"bench_batching: cost model attention length l0 = {l0:.0f} tokens for this model")
+    # The balance cost model's constants (longalign/packing.py), computed for THIS model as the defaults
+    # are for Llama-2-7B
+    from longalign.packing import cost_constants
+
+    c = model.config
+    l0, r = cost_constants(sum(p.numel() for p in model.parameters()), c.vocab_size, c.hidden_size,
+                           c.num_hidden_layers, c.tie_word_embeddings)
+    print(f"bench_batching: cost model l0 = {l0:.0f} tokens, r = {r:.3f} for this model")
     stores = {}
     for name, balance in (("plain", False), ("balance", True)):
         store = out / f"store-{name}"
@@ -90,7 +93,8 @@ def prepare(args: Args):
                            "--short_file", str(out / "raw" / "raw" / "sharegpt.jsonl"), "--datanum", "all",
                            "--max_length", str(args.max_length), "--out_dir", str(store)])
         sort_and_group.main(["--train_file", str(store), "--group_size", str(args.group_size), "--max_length",
-                             str(args.max_length), "--attention_length", f"{l0:.0f}"] + (["--balance"] if balance else []))
+                             str(args.max_length), "--attention_length", f"{l0:.0f}",
+                             "--target_cost", f"{r:.4f}"] + (["--balance"] if balance else []))
         stores[name] = store
     return model_dir, stores
 
@@ -126,18 +130,23 @@ def time_method(model, schedule: Schedule, store, repeats: int, label: str) -> d
     slots = schedule.slots(0)
     K = schedule.K
     step_times, useful, full = [], [], []  # per micro-step: slowest device, work on real units, no dummy
+    raw = []  # per micro-step: (repeats, K) seconds, every round as measured
     for m in tqdm(range(schedule.num_micro_steps), desc=label, leave=False):
-        times, real = [], []
-        for slot in slots[m * K:(m + 1) * K]:
-            batch = collate([dataset[slot]])
-            best = float("inf")
-            for _ in range(repeats):
+        step = slots[m * K:(m + 1) * K]
+        batches = [collate([dataset[slot]]) for slot in step]
+        times = [float("inf")] * len(batches)
+        raw.append([[0.0] * len(batches) for _ in range(repeats)])
+        # The machine's speed drifts over seconds (other jobs, the VM), so the K devices of a micro-step
+        # are timed in turn, round after round, and each keeps its fastest round: a slow spell hits all
+        # K alike instead of making one device look slow.
+        for rnd in range(repeats):
+            for j, batch in enumerate(batches):
                 model.zero_grad(set_to_none=True)
                 t0 = time.perf_counter()
                 model(**batch).loss.backward()
-                best = min(best, time.perf_counter() - t0)
-            times.append(best)
-            real.append(any(c > 0 for c in slot.coefs))  # a dummy (weight 0) is work that counts as idle
+                raw[-1][rnd][j] = time.perf_counter() - t0
+                times[j] = min(times[j], raw[-1][rnd][j])
+        real = [any(c > 0 for c in slot.coefs) for slot in step]  # a dummy (weight 0) is work that counts as idle
         step_times.append(max(times))
         useful.append(sum(t for t, r in zip(times, real, strict=True) if r))
         full.append(all(real))
@@ -145,6 +154,7 @@ def time_method(model, schedule: Schedule, store, repeats: int, label: str) -> d
     full_time = sum(t for t, f in zip(step_times, full, strict=True) if f)
     full_useful = sum(u for u, f in zip(useful, full, strict=True) if f)
     return {"seconds": total, "micro_steps": schedule.num_micro_steps, "idle": 1 - sum(useful) / (K * total),
+            "raw_seconds": raw,
             # the last, short group's empty devices are a property of the data size (7 of ~900 packs at 10k
             # sequences), not of the batching: the idle fraction of the full micro-steps shows the latter
             "idle_full_steps": 1 - full_useful / (K * full_time) if full_time else float("nan")}
