@@ -6,9 +6,10 @@
 #   bash Needle_test/quickstart.sh heatmap RUN_DIR   RUN_DIR/needle_{untrained,trained}.png
 #
 # scripts/quickstart.sh calls both with runs/quickstart. The needle has the shape of the synthetic
-# training data's facts (longalign/synthetic.py): "The secret code of {name} is {code}.", asked as
-# "What is the secret code of {name}?", hidden in the synthetic haystack at 5 lengths (500-1500
-# tokens) x 5 depths, so a tiny model that learned to retrieve such facts visibly does.
+# training data's facts (longalign/synthetic.py): "The secret code of {name} is #{code}.", asked as
+# "What is the secret code of {name}?", hidden in the synthetic haystack at 5 lengths (100-500
+# tokens, around the training documents' 30-300) x 5 depths, so a tiny model that learned to retrieve
+# such facts visibly does.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEP=${1:-}
@@ -26,8 +27,8 @@ needle_run() {
 case "$STEP" in
 needle)
   python Needle_test/prompt.py --tokenizer "$DATA/tokenizer" --haystack_dir "$DATA/haystack" \
-    --needle "The secret code of Kouski is 4821." --retrieval_question "What is the secret code of Kouski?" \
-    --context_lengths 500,750,1000,1250,1500 --depth_percents 0,25,50,75,100 \
+    --needle "The secret code of Kouski is #4821." --retrieval_question "What is the secret code of Kouski?" \
+    --context_lengths 100,200,300,400,500 --depth_percents 0,25,50,75,100 \
     --final_context_length_buffer 50 --out_dir "$OUT/prompts"
   # pred/eval are resumable: start clean so that every quickstart measures its own models.
   rm -rf "$OUT/untrained" "$OUT/trained"

@@ -76,7 +76,10 @@ class Lexicon:
 # on these conversations can visibly learn long-context retrieval.
 
 def fact_sentence(name: str, code: str) -> str:
-    return f"The secret code of {name} is {code}."
+    """The code is written after a "#": a token that marks where it starts, so that copying it is a
+    plain induction (find the earlier "#", copy what follows) which a 2-layer model learns in minutes;
+    without it the start of the code is ambiguous in this tokenizer and copying did not form."""
+    return f"The secret code of {name} is #{code}."
 
 
 def fact_question(name: str) -> str:

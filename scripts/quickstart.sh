@@ -33,20 +33,20 @@ stage() {
 }
 
 stage synthetic longalign/synthetic.py \
-  python -m longalign.synthetic --out "$DATA" --num_long 48 --long_min_words 500 --num_short 400
+  python -m longalign.synthetic --out "$DATA" --num_long 36000 --long_min_words 15 --num_short 4000 --hidden_size 128
 
 stage pre_tokenize pre_tokenize.py \
   python pre_tokenize.py --model "$DATA/tokenizer" --long_file "$DATA/raw/long.jsonl" \
-    --short_file "$DATA/raw/sharegpt.jsonl" --datanum all --max_length 8192 --out_dir "$RUN/tokenized"
+    --short_file "$DATA/raw/sharegpt.jsonl" --datanum all --max_length 1024 --out_dir "$RUN/tokenized"
 
 stage sort_and_group sort_and_group.py \
-  python sort_and_group.py --train_file "$RUN/tokenized" --group_size 1 --max_length 8192
+  python sort_and_group.py --train_file "$RUN/tokenized" --group_size 1 --max_length 1024
 
 stage train train.py \
   python train.py --model_name_or_path "$DATA/tiny-llama" --train_file "$RUN/tokenized" \
     --batch_method pack --pack_loss --per_device_train_batch_size 1 --learning_rate 3e-3 \
-    --warmup_steps 0.03 --lr_scheduler_type cosine --adam_beta2 0.95 --num_train_epochs 2 \
-    --logging_steps 5 --save_strategy no --output_dir "$RUN/model" --use_cpu true
+    --warmup_steps 0.03 --lr_scheduler_type cosine --adam_beta2 0.95 --num_train_epochs 1 \
+    --logging_steps 250 --save_strategy no --output_dir "$RUN/model" --use_cpu true
 
 stage needle Needle_test/pred.py \
   bash Needle_test/quickstart.sh needle "$RUN"

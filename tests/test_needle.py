@@ -103,7 +103,7 @@ def test_bad_flags_are_one_line_errors(tokenizer_dir, capsys):
 
 def test_match_scorer():
     assert needle_eval.match_score("The secret code of Zorbalin is 4821.", "4821") == 10
-    assert needle_eval.match_score("the SECRET code of\nzorbalin   is 4821", NEEDLE) == 10
+    assert needle_eval.match_score("the SECRET code of\nzorbalin   is #4821", NEEDLE) == 10
     assert needle_eval.match_score("The secret code of Zorbalin is 4822.", "4821") == 1
     assert needle_eval.match_score("I do not know.", NEEDLE) == 1
 
