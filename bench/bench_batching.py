@@ -160,9 +160,26 @@ def time_method(model, schedule: Schedule, store, repeats: int, label: str) -> d
             "idle_full_steps": 1 - full_useful / (K * full_time) if full_time else float("nan")}
 
 
+def keep_freed_memory() -> None:
+    """Ask glibc's malloc to keep freed memory instead of returning it to the OS, so that each timed
+    forward + backward does not pay page faults for buffers the previous one just freed (measured: about
+    1,500 page faults per micro-batch without this, none with it). No-op where there is no glibc."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+        libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)  # glibc's maximum: larger blocks still use mmap
+        libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
+        libc.mallopt(M_TOP_PAD, 1 << 30)
+    except (OSError, AttributeError):
+        pass
+
+
 def main(argv=None) -> dict:
     (args,) = HfArgumentParser(Args).parse_args_into_dataclasses(args=argv)
     torch.set_num_threads(1)  # one core per simulated device: no thread contention inside a measurement
+    keep_freed_memory()
     torch.manual_seed(args.seed)
     model_dir, stores = prepare(args)
     from longalign.models import load_model
