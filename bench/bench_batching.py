@@ -8,7 +8,7 @@ What it does. Synthetic LongAlign-shaped chats (a long tail of long documents + 
 through pre_tokenize.py and sort_and_group.py (K = 8, with and without --balance), exactly as for
 training. For each method the micro-steps of one epoch come from the same Schedule train.py uses; every
 device's micro-batch is built by the same dataset and collator and timed (forward + backward, the
-minimum of --repeats runs, one thread). The 8 devices of a micro-step are synchronous, so a micro-step
+fastest of --repeats round-robin rounds over the K devices, one thread). The 8 devices of a micro-step are synchronous, so a micro-step
 takes as long as its slowest device:
 
     time  = sum over micro-steps of max over devices of t(device)
@@ -58,7 +58,8 @@ class Args:
         "help": "tiny Llama hidden size: 128 keeps the output layer a minor cost, as in a 7B model (with 64 and a "
                 "vocabulary of 1024 it would dominate and make cost a function of target tokens, not length)"})
     num_layers: int = field(default=2, metadata={"help": "tiny Llama layers"})
-    repeats: int = field(default=1, metadata={"help": "time each micro-batch this many times, keep the minimum"})
+    repeats: int = field(default=3, metadata={
+        "help": "rounds: time each micro-batch this many times (round-robin over the K devices), keep the fastest"})
     seed: int = field(default=0, metadata={"help": "seed of the data and of the naive shuffle"})
     methods: str = field(default="naive,sort,pack,pack --balance", metadata={
         "help": "comma-separated subset to time (naive is needed for the ratios)"})
