@@ -8,8 +8,8 @@ What it does. Synthetic LongAlign-shaped chats (a long tail of long documents + 
 through pre_tokenize.py and sort_and_group.py (K = 8, with and without --balance), exactly as for
 training. For each method the micro-steps of one epoch come from the same Schedule train.py uses; every
 device's micro-batch is built by the same dataset and collator and timed (forward + backward, the
-fastest of --repeats round-robin rounds over the K devices, one thread). The 8 devices of a micro-step are synchronous, so a micro-step
-takes as long as its slowest device:
+fastest of --repeats round-robin rounds over the K devices, one thread). The 8 devices of a micro-step
+are synchronous, so a micro-step takes as long as its slowest device:
 
     time  = sum over micro-steps of max over devices of t(device)
     idle  = 1 - sum of t(device) over real units / (K * time)   (device-time spent waiting; a dummy that the
@@ -135,18 +135,19 @@ def time_method(model, schedule: Schedule, store, repeats: int, label: str) -> d
     for m in tqdm(range(schedule.num_micro_steps), desc=label, leave=False):
         step = slots[m * K:(m + 1) * K]
         batches = [collate([dataset[slot]]) for slot in step]
-        times = [float("inf")] * len(batches)
-        raw.append([[0.0] * len(batches) for _ in range(repeats)])
         # The machine's speed drifts over seconds (other jobs, the VM), so the K devices of a micro-step
         # are timed in turn, round after round, and each keeps its fastest round: a slow spell hits all
         # K alike instead of making one device look slow.
-        for rnd in range(repeats):
-            for j, batch in enumerate(batches):
+        rounds = []  # (repeats, K) seconds
+        for _ in range(repeats):
+            rounds.append([])
+            for batch in batches:
                 model.zero_grad(set_to_none=True)
                 t0 = time.perf_counter()
                 model(**batch).loss.backward()
-                raw[-1][rnd][j] = time.perf_counter() - t0
-                times[j] = min(times[j], raw[-1][rnd][j])
+                rounds[-1].append(time.perf_counter() - t0)
+        raw.append(rounds)
+        times = [min(device) for device in zip(*rounds, strict=True)]
         real = [any(c > 0 for c in slot.coefs) for slot in step]  # a dummy (weight 0) is work that counts as idle
         step_times.append(max(times))
         useful.append(sum(t for t, r in zip(times, real, strict=True) if r))
