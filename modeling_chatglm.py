@@ -248,11 +248,13 @@ class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel, GenerationMixin):
              max_new_tokens: int = 512, **generate_kwargs) -> tuple[str, list[dict]]:
         """One chat turn: -> (response, history + this turn), history as ChatGLM3's role/content dicts.
 
-        `history` may also hold ChatGLM2-style (query, response) pairs. The prompt is built by
-        longalign.chat.build_prompt (the paper's `[Round i]\\n\\n问：...\\n\\n答：` format by default),
-        the one place the repository defines chat formats.
+        `history` may also hold ChatGLM2-style (query, response) pairs. The prompt ids come from
+        longalign.chat.encode_prompt (the paper's `[Round i]\\n\\n问：...\\n\\n答：` format by default), the
+        encoder pre_tokenize.py trains with: `[gMASK] sop` are the two special ids and every earlier answer
+        ends with EOS, exactly the context ids of training. (Tokenizing the prompt's text in one call would
+        turn `[gMASK]sop` into plain-text pieces and could merge tokens across piece boundaries.)
         """
-        from longalign.chat import build_prompt
+        from longalign.chat import encode_prompt
 
         messages = []
         for turn in history or []:
@@ -261,8 +263,8 @@ class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel, GenerationMixin):
             else:
                 messages += [{"role": "user", "content": turn[0]}, {"role": "assistant", "content": turn[1]}]
         messages.append({"role": "user", "content": query})
-        prompt = build_prompt(messages, template, tokenizer)
-        inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(self.device)
-        output = self.generate(**inputs, max_new_tokens=max_new_tokens, **generate_kwargs)
-        response = tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+        input_ids = torch.tensor([encode_prompt(messages, template, tokenizer)], device=self.device)  # (1, T)
+        output = self.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                               max_new_tokens=max_new_tokens, **generate_kwargs)
+        response = tokenizer.decode(output[0, input_ids.shape[1]:], skip_special_tokens=True).strip()
         return response, messages + [{"role": "assistant", "content": response}]
