@@ -17,7 +17,10 @@ training and inference tokenize alike. Two kinds of checkpoint are built here fr
   text -> sp.encode(text) (SentencePiece's dummy prefix included), with special tokens: [gMASK] sop + ids;
   EOS = SentencePiece's `</s>`, padding = `<unk>` on the left, as THUDM's tokenization_chatglm.py does.
   Special-token text inside a text stays plain text (the original's default): "isopropyl" never
-  contains the special `sop`. tests/test_chatglm_tokenizer.py proves it id for id against THUDM's code.
+  contains the special `sop`. tests/test_chatglm_tokenizer.py proves it id for id against THUDM's code,
+  including its one quirk: where an ordinary piece of the vocabulary spells a special token (a piece `eop`),
+  the original looks pieces up by their text and returns the special's id (sp.encode, and so its chat
+  builder `build_chat_input`, returns the piece's id). The orphaned piece id decodes as `<piece N>`.
 - **Llama-family SentencePiece** (tokenizer_config.json names `LlamaTokenizer(Fast)` and the folder has
   `tokenizer.model`: Llama-2, Mistral-7B-v0.1, the paper's LongAlign-7B/13B). transformers 5.24's
   LlamaTokenizer, from tokenizer.model or even from an exact tokenizer.json, does not encode like
@@ -66,9 +69,10 @@ def read_sentencepiece(model_file: str | Path):
     return proto
 
 
-def _backend(proto, added: list[tuple[int, str, bool]], single: list[str], pair: list[str]):
+def _backend(proto, added: list[tuple[int, str, bool]], single: list[str], pair: list[str], by_text: bool = False):
     """tokenizers.Tokenizer encoding like SentencePieceProcessor.encode, with `added` tokens at fixed ids
-    (id, text, special) and the special-token templates `single`/`pair` ("$A", "$B" = the texts)."""
+    (id, text, special) and the special-token templates `single`/`pair` ("$A", "$B" = the texts).
+    by_text: an ordinary piece that spells an added token becomes the added token's id (ChatGLM's lookup)."""
     from tokenizers import Tokenizer
     from transformers.convert_slow_tokenizer import SpmConverter
 
@@ -76,9 +80,17 @@ def _backend(proto, added: list[tuple[int, str, bool]], single: list[str], pair:
     # legacy=True: a dummy prefix on every text, as SentencePiece does (the non-legacy scheme omits it
     # after a leading space: " x" would lose its "▁" piece).
     backend = SpmConverter.build_tokenizer_from_spm_proto(proto, vocab, legacy=True)
-    # Added tokens go in through the serialized form so each keeps the id the original gives it even where
-    # its text is also an ordinary piece of the vocabulary (add_special_tokens would reuse that piece's id).
+    # tokenizers ignores the id an added token is given: it takes the model vocabulary's id for its text, else
+    # the next free one. So tokens after the pieces are entered in the vocabulary at their ids (no merge can
+    # produce them). ChatGLM's original maps a piece that spells one of them to the special token (by_text):
+    # that text moves to the special's id and the piece's own id keeps a placeholder no input can produce.
     spec = json.loads(backend.to_str())
+    vocab = spec["model"]["vocab"]
+    for i, text, _ in added:
+        if i >= len(proto.pieces) and (text not in vocab or by_text):
+            if text in vocab:
+                vocab[f"<piece {vocab[text]}>"] = vocab[text]
+            vocab[text] = i
     spec["added_tokens"] = [{"id": i, "content": text, "single_word": False, "lstrip": False, "rstrip": False,
                              "normalized": False, "special": special} for i, text, special in added]
     ids = {text: i for i, text, _ in added}
@@ -96,7 +108,12 @@ def _backend(proto, added: list[tuple[int, str, bool]], single: list[str], pair:
     specials = {t for t in single + pair if not t.startswith("$")}
     spec["post_processor"] = {"type": "TemplateProcessing", "single": template(single), "pair": template(pair),
                               "special_tokens": {t: {"id": t, "ids": [ids[t]], "tokens": [t]} for t in specials}}
-    return Tokenizer.from_str(json.dumps(spec))
+    backend = Tokenizer.from_str(json.dumps(spec))
+    moved = [(text, backend.token_to_id(text), i) for i, text, _ in added if backend.token_to_id(text) != i]
+    if moved:
+        raise UserError(f"token {moved[0][0]!r} should have id {moved[0][2]} but is a piece of the SentencePiece "
+                        f"vocabulary with id {moved[0][1]}; load this tokenizer through its tokenizer.json")
+    return backend
 
 
 def _control_pieces(proto) -> list[tuple[int, str, bool]]:
@@ -113,7 +130,7 @@ def chatglm_tokenizer(model_file: str | Path):
     eos, unk = proto.pieces[spec.eos_id].piece, proto.pieces[spec.unk_id].piece
     added = _control_pieces(proto) + [(V + k, t, True) for k, t in enumerate(CHATGLM_SPECIAL_TOKENS)]
     # the original's build_inputs_with_special_tokens: [gMASK] sop A, and [gMASK] sop A B </s> for a pair
-    backend = _backend(proto, added, ["[gMASK]", "sop", "$A"], ["[gMASK]", "sop", "$A", "$B", eos])
+    backend = _backend(proto, added, ["[gMASK]", "sop", "$A"], ["[gMASK]", "sop", "$A", "$B", eos], by_text=True)
     return PreTrainedTokenizerFast(
         tokenizer_object=backend, eos_token=eos, unk_token=unk,
         pad_token=unk, padding_side="left",  # the original pads with <unk> (id 0), on the left
@@ -208,7 +225,7 @@ def _auto_tokenizer(name: str, path: str, config: dict, trust_remote_code: bool)
         raise _remote_failure(name, e, __version__) from None
     if remote:
         try:  # remote code often loads and then fails on its first call (ChatGLM3's _pad under transformers 5)
-            tokenizer(["a", "a b"], padding=True)
+            tokenizer("a")
         except Exception as e:
             raise _remote_failure(name, e, __version__) from None
     return tokenizer
