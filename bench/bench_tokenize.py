@@ -164,9 +164,10 @@ def ours(conversations, template, tokenizer, batch_size=64):
 
 def original_end_to_end(conversations, template, tokenizer, max_length, out_file):
     """The original's method and storage: every sample right-padded to max_length int64 ids and labels."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id  # Llama has none
     with open(out_file, "wb") as f:
         for ids, labels in original_method(conversations, template, tokenizer):
-            row = np.full((2, max_length), tokenizer.pad_token_id, dtype=np.int64)
+            row = np.full((2, max_length), pad, dtype=np.int64)
             row[0, :len(ids)], row[1, :len(ids)], row[1, len(ids):] = ids, labels, -100
             f.write(row.tobytes())
     return os.path.getsize(out_file)

@@ -158,6 +158,21 @@ def test_save_and_reload_is_a_plain_folder(ours, tmp_path):
     assert load_tokenizer(str(tmp_path / "saved"))(texts[:5])["input_ids"] == ours(texts[:5])["input_ids"]
 
 
+def test_train_saves_a_plain_tokenizer_folder(checkpoint, ours, tmp_path):
+    """train.py writes the tokenizer of a ChatGLM3 checkpoint next to the model as tokenizer.json: evaluation
+    then needs no remote code either."""
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    import train
+
+    train.save_tokenizer(SimpleNamespace(model_name_or_path=str(checkpoint), trust_remote_code=False),
+                         SimpleNamespace(meta={}), str(tmp_path / "out"))
+    texts = fx.messages()["round"]
+    assert AutoTokenizer.from_pretrained(tmp_path / "out")(texts)["input_ids"] == ours(texts)["input_ids"]
+
+
 def test_cli_writes_a_folder(model_file, tmp_path):
     from longalign.tokenization import main
 
