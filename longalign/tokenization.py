@@ -38,6 +38,7 @@ Run as (writes a tokenizer folder from a SentencePiece model file, e.g. for benc
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from longalign.chat import MODEL_ALIASES
@@ -46,7 +47,7 @@ from longalign.scriptargs import UserError
 CHATGLM_SPECIAL_TOKENS = ("[MASK]", "[gMASK]", "[sMASK]", "sop", "eop",
                           "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>")
 LLAMA_CLASSES = ("LlamaTokenizer", "LlamaTokenizerFast")
-_NORMAL, _UNKNOWN, _CONTROL = 1, 2, 3  # SentencePiece piece types (sentencepiece_model.proto)
+_UNKNOWN, _CONTROL = 2, 3  # SentencePiece piece types (sentencepiece_model.proto)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,14 +193,22 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     docstring. Raises UserError with one sentence that names the fix when none can be loaded."""
     path = MODEL_ALIASES.get(name_or_path, name_or_path)
     config_file = _file(path, "tokenizer_config.json")
-    config = json.loads(Path(config_file).read_text(encoding="utf-8")) if config_file else {}
+    try:
+        config = json.loads(Path(config_file).read_text(encoding="utf-8")) if config_file else {}
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{name_or_path}: {config_file} is not valid JSON ({e}); fix or remove it") from None
     classes = tokenizer_class_names(config)
     chatglm = name_or_path == "chatglm" or "ChatGLMTokenizer" in classes
     if chatglm or any(c in LLAMA_CLASSES for c in classes):
         model_file = _file(path, "tokenizer.model")
+        if model_file and chatglm:
+            return chatglm_tokenizer(model_file)
         if model_file:
-            return chatglm_tokenizer(model_file) if chatglm else llama_tokenizer(model_file, config)
-        if chatglm:
+            try:
+                return llama_tokenizer(model_file, config)
+            except UserError as e:  # an unusual Llama folder: transformers' own class still loads it
+                print(f"[tokenizer] {e}; using transformers' LlamaTokenizer (not SentencePiece-exact)", file=sys.stderr)
+        elif chatglm:
             raise UserError(f"{name_or_path}: no tokenizer.model found in {path} (ChatGLM's tokenizer is a "
                             "SentencePiece model); pass the checkpoint folder, or a hub id with network access")
     return _auto_tokenizer(name_or_path, path, config, trust_remote_code)

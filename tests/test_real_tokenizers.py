@@ -135,3 +135,16 @@ def test_store_vs_one_call_vs_the_original_method(tok, conversations):
     # earlier answers and the "\n\n" before later rounds that its markers stripped
     assert rows["original_identical"] == rows["original_identical_single_round"] == n - multi
     assert rows["original_no_eos"] == rows["original_stripped"] == multi > 0
+
+
+def test_tokens_the_config_adds(model_file):
+    """Tokens after the 32k pieces keep their ids; one that is also a piece cannot, and says so."""
+    from longalign.scriptargs import UserError
+    from longalign.tokenization import llama_tokenizer
+
+    added = {"32000": {"content": "<pad>", "special": True}, "32001": {"content": "<|im_end|>", "special": True}}
+    tok = llama_tokenizer(model_file, {"added_tokens_decoder": added, "pad_token": "<pad>", "add_eos_token": True})
+    assert tok.convert_tokens_to_ids(["<pad>", "<|im_end|>"]) == [32000, 32001] and len(tok) == 32002
+    assert tok.pad_token_id == 32000 and tok("a")["input_ids"][-1] == tok.eos_token_id
+    with pytest.raises(UserError, match="is a piece of the SentencePiece vocabulary"):
+        llama_tokenizer(model_file, {"added_tokens_decoder": {"32000": {"content": "▁the"}}})
