@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from longalign import IGNORE_INDEX
-from longalign.attention import cu_seqlens_from_position_ids, position_ids_from_cu_seqlens
+from longalign.attention import pack_segments, position_ids_from_cu_seqlens
 from longalign.sequence_parallel import check_sizes, shard_batch
 
 pytest.importorskip("deepspeed")
@@ -35,11 +35,6 @@ def test_check_sizes_names_the_numbers():
         check_sizes(4, 4, 12, 6)
 
 
-def test_position_ids_round_trip():
-    cu = torch.tensor([0, 3, 4, 9, 11], dtype=torch.int32)
-    assert torch.equal(cu_seqlens_from_position_ids(position_ids_from_cu_seqlens(cu)), cu)
-
-
 def test_shard_batch_shifts_on_the_full_row():
     # pack of two sequences (5 + 4 tokens) cut into 2 slices of 5 (one padding token)
     ids = torch.arange(10, 19)[None]
@@ -54,6 +49,9 @@ def test_shard_batch_shifts_on_the_full_row():
     assert r0["shift_loss_weights"].tolist() == [[1, 2, 0, 4, 0]]
     assert r1["position_ids"].tolist() == [[0, 1, 2, 3, 0]]  # the padding tail is a segment of its own
     assert r1["input_ids"].tolist() == [[15, 16, 17, 18, 0]]
+    # every rank gets the full row's boundaries (the padding tail a segment of its own)
+    assert r0["row_cu_seqlens"].tolist() == r1["row_cu_seqlens"].tolist() == [0, 5, 9, 10]
+    assert r0["row_cu_seqlens"].dtype == torch.int32
 
 
 @pytest.mark.parametrize("B", [1, 2])
@@ -179,7 +177,8 @@ def worker(rank: int, world: int, port: int, out_path: str) -> None:
             for g in grads.values():
                 dist.all_reduce(g)
             with torch.no_grad():
-                logits = sp_model(input_ids=shard["input_ids"], position_ids=shard["position_ids"], use_cache=False).logits
+                logits = sp_model(input_ids=shard["input_ids"], position_ids=shard["position_ids"],
+                                  row_cu_seqlens=shard.get("row_cu_seqlens"), use_cache=False).logits
             n = shard["input_ids"].shape[1]
             real = slice(rank * n, min((rank + 1) * n, T))
             logits = logits[:, : real.stop - real.start] * real_tokens[:, real]
@@ -188,7 +187,7 @@ def worker(rank: int, world: int, port: int, out_path: str) -> None:
             # control: the same slices, each rank attending only inside its own
             sequence_parallel.disable(sp_model)
             with torch.no_grad():
-                control = sp_model(**shard).loss
+                control = sp_model(**{k: v for k, v in shard.items() if k != "row_cu_seqlens"}).loss
             dist.all_reduce(control)
             sequence_parallel.enable(sp_model, world, batch_size=B)
             results[f"{model_name}/{row_name}"] = {
@@ -205,8 +204,7 @@ def worker(rank: int, world: int, port: int, out_path: str) -> None:
     pad = -row["input_ids"].shape[1] % world
     batch = {"input_ids": torch.nn.functional.pad(row["input_ids"], (0, pad)),
              "labels": torch.nn.functional.pad(row["labels"], (0, pad), value=IGNORE_INDEX),
-             "position_ids": position_ids_from_cu_seqlens(torch.cat([row["cu_seqlens"], torch.tensor(
-                 [row["input_ids"].shape[1] + pad], dtype=torch.int32)]))}
+             "position_ids": position_ids_from_cu_seqlens(pack_segments(row["cu_seqlens"], row["input_ids"].shape[1] + pad))}
     adapter = UlyssesSPDataLoaderAdapter([batch], sp_rank=mpu.get_sequence_parallel_rank(),
                                          sp_group=mpu.get_sequence_parallel_group(), sp_world_size=world,
                                          device=torch.device("cpu"))
