@@ -169,3 +169,43 @@ def kernels(flash="fake", varlen="2.13", allow_fp32: bool = False):
         sys.modules["torch.nn.attention.varlen"] = torch_varlen
         torch_varlen.varlen_attn = saved[1]
         attention._backend, RECORD.fault, RECORD.allow_fp32 = saved[2], saved[3], False
+
+
+# ---------------------------------------------------------------------------------------------
+# Host syncs: what would make the host wait for a GPU, counted on CPU
+
+# Ops whose result the host must read (item/int/bool/float -> _local_scalar_dense) or whose output size
+# depends on the data; tolist does not dispatch, so Tensor.tolist is wrapped instead.
+SYNC_OPS = ("aten._local_scalar_dense", "aten.nonzero", "aten.masked_select", "aten._unique", "aten.unique")
+
+
+@contextlib.contextmanager
+def count_host_syncs():
+    """Yields a Counter of host syncs by kind while the block runs: every `.item()` / `int()` / `bool()` /
+    `.tolist()` of a tensor, every nonzero / masked_select / unique, and repeat_interleave without `output_size`."""
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    counts = Counter()
+
+    class Mode(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = str(func.overloadpacket)
+            unsized = name == "aten.repeat_interleave" and (kwargs or {}).get("output_size") is None
+            if name.startswith(SYNC_OPS) or unsized:
+                counts[name] += 1
+            return func(*args, **(kwargs or {}))
+
+    tolist = torch.Tensor.tolist
+
+    def counted_tolist(self):
+        counts["tolist"] += 1
+        return tolist(self)
+
+    torch.Tensor.tolist = counted_tolist
+    try:
+        with Mode():
+            yield counts
+    finally:
+        torch.Tensor.tolist = tolist

@@ -1,9 +1,11 @@
 """Ulysses sequence parallelism (longalign/sequence_parallel.py) against one process over the full row.
 
 Two processes (gloo, float64) split a plain row and a packed row of a tiny Llama (GQA: KV heads split; also
-with activation checkpointing) and a tiny ChatGLM (one KV head: DeepSpeed replicates it): the loss summed over the slices, each slice's logits and
-the gradients summed over the ranks equal one process's on the full row. Control: the same slices without the
-all-to-all (each rank attends only inside its slice) must differ.
+with activation checkpointing) and a tiny ChatGLM (one KV head: DeepSpeed replicates it): the loss summed over the
+slices, each slice's logits and the gradients summed over the ranks equal one process's on the full row. Control:
+the same slices without the all-to-all (each rank attends only inside its slice) must differ.
+The same two processes give the backend table at SP 2 (tests/backend_table.py: each attention backend through the
+test doubles, bf16 and fp32, activation checkpointing) and count the host syncs of an SP forward.
 """
 
 import copy
@@ -210,11 +212,51 @@ def worker(rank: int, world: int, port: int, out_path: str) -> None:
                                          device=torch.device("cpu"))
     theirs, ours = next(iter(adapter)), shard_batch(row, rank, world, pad_token_id=0)
     results["adapter_equal"] = all(torch.equal(theirs[k], ours[k]) for k in ("input_ids", "position_ids", "shift_labels"))
+    results["table"], results["syncs"] = backend_table_sp2(models, rank, world)
     if rank == 0:
         with open(out_path, "w") as f:
             json.dump(results, f)
     dist.barrier()
     dist.destroy_process_group()
+
+
+def backend_table_sp2(models: dict, rank: int, world: int) -> tuple[dict, dict]:
+    """Each backend at SP 2 against SDPA at SP 2; SDPA at SP 2 against one process over the full row (SDPA)."""
+    import torch.distributed as dist
+    from backend_table import BACKENDS, DTYPES, compare, step, through
+    from fake_kernels import count_host_syncs
+
+    from longalign import sequence_parallel
+
+    row = rows()["packed"]
+    row["loss_weights"] = row["loss_weights"].float()
+    shard = shard_batch(row, rank, world, pad_token_id=0)
+    n, T = shard["input_ids"].shape[1], row["input_ids"].shape[1]
+    real = slice(rank * n, min((rank + 1) * n, T))   # this rank's real tokens (the last slice ends in padding)
+    table = {}
+    for model_name in ("llama", "chatglm"):
+        for dtype, torch_dtype in DTYPES.items():
+            model = copy.deepcopy(models[model_name]).to(torch_dtype)
+            full, _ = through("sdpa", dtype, lambda m=model: step(m, row, {k: row[k] for k in ("input_ids", "cu_seqlens")}))
+            sequence_parallel.enable(model, world)
+            results = {}
+            for backend in BACKENDS:
+                logits_kwargs = {k: shard[k] for k in ("input_ids", "position_ids", "row_cu_seqlens")}
+                (logits, grads), calls = through(backend, dtype, lambda m=model, kw=logits_kwargs: step(m, shard, kw))
+                dist.all_reduce(grads)                                    # the ranks' gradients add up
+                results[backend] = (logits[:, : real.stop - real.start], grads), calls
+            for backend, (result, calls) in results.items():
+                sdpa = (full[0][:, real], full[1]) if backend == "sdpa" else results["sdpa"][0]
+                cell = compare(result, sdpa)
+                logits_diff = torch.tensor(cell["logits"])
+                dist.all_reduce(logits_diff, op=dist.ReduceOp.MAX)
+                table[f"{model_name}/{dtype}/{backend}"] = {**cell, "logits": float(logits_diff), "calls": calls,
+                                                           "layers": model.config.num_hidden_layers}
+            if model_name == "llama" and dtype == "fp32":  # host syncs of the attention path, once per forward?
+                with torch.no_grad(), count_host_syncs() as syncs:
+                    model.model(shard["input_ids"], position_ids=shard["position_ids"],
+                                row_cu_seqlens=shard["row_cu_seqlens"])
+    return table, dict(syncs)
 
 
 def free_port() -> int:
@@ -230,6 +272,10 @@ def test_sp2_equals_one_process(tmp_path):
     mp.spawn(worker, args=(2, free_port(), str(out)), nprocs=2, join=True)
     results = json.loads(out.read_text())
     assert results.pop("adapter_equal") is True
+    check_backend_table_sp2(results.pop("table"))
+    syncs = results.pop("syncs")
+    print(f"[figure] host syncs per forward, llama with 2 layers, SP 2 (this rank's model body): {syncs}")
+    assert syncs == {"tolist": 1}  # the full row's segments, read once per forward; none per layer
     for case, r in results.items():
         print(f"SP {case}: loss {r['loss']:.6f} |dloss| {r['loss_diff']:.1e} max|dlogits| {r['logits_diff']:.1e} "
               f"max|dgrad| {r['grad_diff']:.1e} (grads up to {r['grad_scale']:.1e}); "
@@ -238,3 +284,14 @@ def test_sp2_equals_one_process(tmp_path):
         assert r["logits_diff"] <= TOL, (case, r)
         assert r["grad_diff"] <= GRAD_TOL * r["grad_scale"], (case, r)
         assert r["control_loss_diff"] > 1e-4, (case, r)  # without the all-to-all the slices cannot see each other
+
+
+def check_backend_table_sp2(table: dict) -> None:
+    from backend_table import figure, within
+
+    for key, cell in table.items():
+        model, dtype, backend = key.split("/")
+        print(figure(2, model, dtype, backend, cell, "one process, full row (sdpa)" if backend == "sdpa" else "sdpa"))
+        assert within(cell, dtype), (key, cell)
+        # the kernel ran in every layer: the forward, its recomputation in backward, the logits forward
+        assert cell["calls"] == (0 if backend == "sdpa" else 3 * cell["layers"]), (key, cell)
