@@ -87,7 +87,7 @@ def pack_segments(cu_seqlens: torch.Tensor, total: int | None = None, device=Non
     if bounds[-1] < total:
         bounds.append(total)
     device = cu_seqlens.device if device is None else device
-    cu = torch.tensor(bounds, dtype=torch.int32).to(device, non_blocking=True)
+    cu = torch.tensor(bounds, dtype=torch.int32, device=device)
     return Segments(cu, tuple(bounds), max(b - a for a, b in zip(bounds, bounds[1:], strict=False)))
 
 
