@@ -16,8 +16,8 @@ Backends for a packed row, the first that works is taken (`select_backend`, prin
      AND a tiny probe call runs and agrees with SDPA: a build against another torch (an ImportError of its
      .so at import, or a failing call) falls back with one warning;
   2. PyTorch's own `torch.nn.attention.varlen.varlen_attn` (same FlashAttention-2 code, shipped with
-     torch >= 2.10 on CUDA; its keyword arguments are read from its signature, so torch versions that
-     spell them differently or lack it fall through to 3);
+     recent torch, 2.13 here, for CUDA; its keyword arguments are read from its signature, so a torch that
+     spells them differently is still used, and one that lacks it or a softmax scale falls through to 3);
   3. one `scaled_dot_product_attention(is_causal=True)` call per sequence: exact, any device and dtype,
      never a T x T mask (cost grows with sum(l_i^2), not T^2).
 The kernels take fp16/bf16 tensors on the device they were chosen for; anything else (fp32, CPU) goes

@@ -143,7 +143,7 @@ def kernels(flash="fake", varlen="2.13", allow_fp32: bool = False):
     and restore everything afterwards. Yields the chosen Backend. Set RECORD.fault inside for a negative control.
 
     flash: "fake" | "broken" (import fails) | None (not installed); varlen: a key of SIGNATURES or None
-    (this torch has none, as before 2.10).
+    (this torch has none, as older ones).
     """
     import torch.nn.attention.varlen as torch_varlen
 

@@ -62,8 +62,12 @@ def test_selection_order_fallbacks_and_one_line(capsys):
 
             sys.modules["flash_attn"].flash_attn_varlen_func = fails
             assert "varlen_attn" in A.select_backend("cpu").name
+        with kernels("fake", None):                 # it runs, but computes something else: the probe compares
+            RECORD.fault = Fault(causal=False)
+            assert A.select_backend("cpu").kernel is None
     flash_warnings = [str(w.message) for w in said if "flash-attn is installed" in str(w.message)]
-    assert len(flash_warnings) == 2 and "ImportError" in flash_warnings[0] and "RuntimeError" in flash_warnings[1]
+    assert [w.split("(")[1].split(":")[0] for w in flash_warnings] == ["ImportError", "RuntimeError", "RuntimeError"]
+    assert "disagrees with SDPA" in flash_warnings[2]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing installed (a CPU machine): no warning at all
         with kernels(None, None) as backend:
@@ -73,7 +77,7 @@ def test_selection_order_fallbacks_and_one_line(capsys):
         with kernels(None, "no scale") as backend:       # older still: not usable
             assert backend.kernel is None and "takes no softmax scale" in backend.name
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[attention] backend:")]
-    assert len(lines) == 7  # one per selection ...
+    assert len(lines) == 9  # one per selection ...
     with kernels("fake", "2.13"):
         x = torch.randn(1, 4, 9, 8, dtype=torch.bfloat16)
         layout = A.Layout(A.pack_segments(torch.tensor([0, 4, 9], dtype=torch.int32), 9))
