@@ -144,10 +144,11 @@ def shard_batch(batch: dict, sp_rank: int, sp_size: int, pad_token_id: int) -> d
     pack (B = 1) or `attention_mask` for padded rows. Out: input_ids, position_ids (B, T'/N) and
     shift_labels, shift_loss_weights (B, T'/N): shifted on the full row (a pack's sequence never predicts
     the next one's first token), then cut; for a pack also `row_cu_seqlens`, the full row's boundaries
-    (int32, the same on every rank), which attention needs after its all-to-all. The row is first padded to
-    T' = a multiple of N (pad id, IGNORE_INDEX, weight 0); in a pack the padding is a segment of its own
-    (positions restart at 0), so no real token attends to it. The same layout as DeepSpeed's UlyssesSPDataLoaderAdapter (`shift_labels`
-    included), but each rank cuts its own slice from the batch it already holds, so nothing is exchanged.
+    (int32, the same on every rank), which attention needs after its all-to-all. The row is first padded
+    to T' = a multiple of N (pad id, IGNORE_INDEX, weight 0); in a pack the padding is a segment of its
+    own (positions restart at 0), so no real token attends to it. The same layout as DeepSpeed's
+    UlyssesSPDataLoaderAdapter (`shift_labels` included), but each rank cuts its own slice from the batch
+    it already holds, so nothing is exchanged.
     """
     input_ids, labels = batch["input_ids"], batch["labels"]
     B, T = input_ids.shape
