@@ -163,6 +163,19 @@ class LongAlignTrainer(Trainer):
     def _get_train_sampler(self, train_dataset=None):
         return self.sampler
 
+    # Why this exists: with DeepSpeed the Trainer casts EVERY floating-point batch tensor to the engine's dtype
+    # (Trainer._prepare_input, transformers 5.24). The loss weights would reach the loss in bf16 (8 bits of
+    # mantissa: each sequence's Eq. 2-4 weight off by up to 0.39 %, the same for all its tokens, a bias) or
+    # fp16, and shifted under sequence parallelism they crashed the loss. They skip that cast and reach the
+    # loss exactly as Schedule computed them, fp32 on the device (longalign/loss.py refuses anything less).
+    FP32_INPUTS = ("loss_weights", "shift_loss_weights")
+
+    def _prepare_inputs(self, inputs):
+        weights = {k: v for k, v in inputs.items() if k in self.FP32_INPUTS}
+        inputs = super()._prepare_inputs({k: v for k, v in inputs.items() if k not in self.FP32_INPUTS})
+        inputs.update({k: v.to(self.args.device) for k, v in weights.items()})
+        return inputs
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # Eq. 2 / 3 / 4 are in inputs["loss_weights"] (longalign/schedule.py, Schedule.step_coefficients):
         # w_t = W/(M*N_i) (sequence), W/T (token) or W/(P*T_p) (pack without --pack_loss). The model returns
