@@ -123,7 +123,7 @@ def shifted_slice(row: dict, rank: int, sp: int, pad_id: int) -> dict:
 def check_weights(capture: Path, expected: list[list[dict]], sp: int, first_step: int, label: str) -> float:
     """Every recorded forward against its expected row -> max |w_loss - w_schedule| over all target tokens."""
     A = ACCUMULATION[sp]
-    worst, control, seen, targets = 0.0, 0.0, 0, 0
+    worst, control, seen, targets, dtypes = 0.0, 0.0, 0, 0, set()
     for rank in range(2):
         records = [torch.load(f) for f in sorted(capture.glob(f"rank{rank}-*.pt"))]
         expected_micro = [m for s in range(first_step, STEPS) for m in range(s * A, min((s + 1) * A, len(expected)))]
@@ -141,11 +141,13 @@ def check_weights(capture: Path, expected: list[list[dict]], sp: int, first_step
             rounded = torch.from_numpy(exp_w).bfloat16().double().numpy()  # what the Trainer's cast would give
             relative = np.abs(rounded - exp_w)[is_target] / np.maximum(exp_w[is_target], 1e-30)
             control = max(control, float(relative.max(initial=0.0)))
-            assert weights.dtype == torch.float32, f"{label}: the weights reached the loss as {weights.dtype}"
+            dtypes.add(str(weights.dtype))
             assert float(diff[~is_target].max(initial=0.0)) == 0.0  # no weight on a non-target
             seen, targets = seen + 1, targets + int(is_target.sum())
     print(f"[figure] {label}: max |w_loss - w_schedule| = {worst:.1e} over {targets} target tokens "
-          f"({seen} forwards, 2 ranks); control: rounded to bf16 they would be off by up to {control:.2%}")
+          f"({seen} forwards, 2 ranks, {', '.join(sorted(dtypes))}); control: rounded to bf16 they would be off "
+          f"by up to {control:.2%}")
+    assert dtypes == {"torch.float32"}, f"{label}: the weights reached the loss as {dtypes}"
     assert worst == 0.0 and control > 0  # the control: this comparison sees a bf16 rounding
     return worst
 
