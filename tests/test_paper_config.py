@@ -5,7 +5,8 @@ and the 128k launchers' --sequence_parallel_size 2.
 Each launch (torchrun, gloo) runs, per model, 3 optimizer steps (checkpoint at step 2), then a second run resumed
 from that checkpoint; tests/paper_config_run.py records what reaches the loss. Asserted:
   - the per-token weights that reach the loss are bit-identical to Schedule's fp32 weights, on every target token
-    of every rank and micro-step (laid out and shifted here, independently of the product's collator);
+    of every rank and micro-step (laid out and shifted here, independently of the product's collator); also
+    with --fp16 (Llama, 3 steps);
   - the resumed run reaches global step 3 and its step 3 equals the uninterrupted one: the same loss on every rank
     and the same fp32 master weights after it.
 Also, without DeepSpeed: the Trainer's dtype cast no longer reaches the loss weights (LongAlignTrainer).
@@ -60,11 +61,12 @@ def setup(tmp_path_factory, tokenizer_dir, tokenizer, tiny_llama_dir):
                            ds_config=cpu_offload_config(root / "stage3_offload_cpu.json"))
 
 
-def paper_argv(model_dir, train_file, out, sp, ds_config, *extra) -> list[str]:
+def paper_argv(model_dir, train_file, out, sp, ds_config, *extra, precision="bf16") -> list[str]:
     """scripts/paper_setup.sh's flags (the optimizer's lr made visible) for 3 steps of a tiny model."""
+    dtype = {"bf16": "bfloat16", "fp16": "float16"}[precision]
     return [str(x) for x in (
         "--model_name_or_path", model_dir, "--train_file", train_file, "--output_dir", out,
-        "--deepspeed", ds_config, "--dtype", "bfloat16", "--bf16", "true", "--activation_checkpointing", "true",
+        "--deepspeed", ds_config, "--dtype", dtype, f"--{precision}", "true", "--activation_checkpointing", "true",
         "--batch_method", "pack", "--pack_loss", "--max_length", L, "--sequence_parallel_size", sp,
         "--per_device_train_batch_size", 1, "--gradient_accumulation_steps", ACCUMULATION[sp],
         "--max_steps", STEPS, "--learning_rate", "1e-3", "--warmup_steps", 1, "--lr_scheduler_type", "cosine",
@@ -168,6 +170,10 @@ def test_paper_config_weights_exact_and_resume(setup, tmp_path, sp):
                  {"capture": str(resumed / "capture"),
                   "argv": paper_argv(model_dir, setup.plans[sp], resumed, sp, setup.ds_config,
                                      "--resume_from_checkpoint", full / f"checkpoint-{SAVE_AT}")}]
+    # and --fp16 (DeepSpeed's loss scaling), Llama only, no resume: the weights must survive that cast too
+    fp16 = tmp_path / "llama-fp16"
+    runs.append({"capture": str(fp16 / "capture"), "argv": paper_argv(setup.models["llama"], setup.plans[sp], fp16, sp,
+                                                                      setup.ds_config, precision="fp16")})
     (tmp_path / "runs.json").write_text(json.dumps(runs))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(free_port()), "tests/paper_config_run.py", str(tmp_path / "runs.json")]
@@ -177,6 +183,7 @@ def test_paper_config_weights_exact_and_resume(setup, tmp_path, sp):
     assert run.stdout.count(f"resuming from {tmp_path}") == 2, run.stdout[-3000:]
 
     expected = expected_inputs(setup.plans[sp], sp)
+    check_weights(fp16 / "capture", expected, sp, 0, f"llama, SP {sp}, fp16 ZeRO-3 offload, steps 1-{STEPS}")
     for model in setup.models:
         full, resumed = tmp_path / model / "full", tmp_path / model / "resumed"
         label = f"{model}, SP {sp}, bf16 ZeRO-3 offload"
