@@ -47,8 +47,8 @@ def fp32_weights(weights: torch.Tensor | None) -> torch.Tensor | None:
     if weights.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"loss weights arrived as {weights.dtype}, not float32: something cast them on the way and "
                         f"rounded every sequence's weight of Eq. 2-4 (the HF Trainer casts floating batch tensors "
-                        f"to the DeepSpeed dtype; train.py's LongAlignTrainer keeps them out of that cast). "
-                        f"Pass them as float32.")
+                        f"to the DeepSpeed dtype, which train.py's LongAlignTrainer prevents; DeepSpeed's "
+                        '"fp16": {"auto_cast": true} casts them again: leave it off). Pass them as float32.')
     return weights.float()
 
 

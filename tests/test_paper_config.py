@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from test_train_deepspeed import free_port
+from test_train_deepspeed import cpu_zero3_config, free_port
 from train_helpers import make_store, one_thread, with_plan  # noqa: F401  (one_thread: autouse fixture)
 
 from longalign import IGNORE_INDEX
@@ -33,15 +33,6 @@ L, STEPS, SAVE_AT = 1024, 3, 2
 # SP 1: K = 2 packs per micro-step, accumulation 1 (step 3 has 1 pack and a dummy);
 # SP 2: K = 1 pack split over the 2 ranks, accumulation 2 (step 3 has 1 micro-step)
 ACCUMULATION = {1: 1, 2: 2}
-
-
-def cpu_offload_config(path: Path) -> Path:
-    """ds_config/stage3_offload.json with the CPU-test settings of DESIGN.md (no prefetch, every parameter
-    partitioned); bf16 stays "auto", i.e. on with --bf16 true: DeepSpeed runs bf16 on the CPU."""
-    config = json.loads((ROOT / "ds_config" / "stage3_offload.json").read_text())
-    config["zero_optimization"].update(stage3_prefetch_bucket_size=0, stage3_param_persistence_threshold=0)
-    path.write_text(json.dumps(config))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +49,7 @@ def setup(tmp_path_factory, tokenizer_dir, tokenizer, tiny_llama_dir):
     store = make_store(root, tokenizer_dir, num_long=2, num_short=10, long_min_words=30, max_length=L)
     plans = {sp: with_plan(store, root / f"planned_k{2 // sp}", K=2 // sp, max_length=L) for sp in (1, 2)}
     return SimpleNamespace(models={"llama": tiny_llama_dir, "chatglm": root / "tiny-chatglm"}, plans=plans,
-                           ds_config=cpu_offload_config(root / "stage3_offload_cpu.json"))
+                           ds_config=cpu_zero3_config(root / "stage3_offload_cpu.json", "stage3_offload.json"))
 
 
 def paper_argv(model_dir, train_file, out, sp, ds_config, *extra, precision="bf16") -> list[str]:
