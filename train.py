@@ -27,7 +27,8 @@ and the plan, no all-reduce); the model returns sum_t w_t CE_t; `LongAlignTraine
 Trainer's own normalisation (no num_items_in_batch, no division by accumulation steps) and the weights
 carry a factor W (world size) that undoes the average DDP/DeepSpeed take over ranks. With
 --sequence_parallel_size N the N ranks of a group each hold a slice of the same row (longalign/sequence_parallel.py):
-their slice losses add up to the row's, so the weights and the factor W stay as they are.
+their slice losses add up to the row's, so the weights and the factor W stay as they are. The weights reach the
+loss in fp32 in every precision (--bf16, --fp16): LongAlignTrainer keeps them out of the Trainer's DeepSpeed cast.
 """
 
 import contextlib
