@@ -27,7 +27,8 @@ and the plan, no all-reduce); the model returns sum_t w_t CE_t; `LongAlignTraine
 Trainer's own normalisation (no num_items_in_batch, no division by accumulation steps) and the weights
 carry a factor W (world size) that undoes the average DDP/DeepSpeed take over ranks. With
 --sequence_parallel_size N the N ranks of a group each hold a slice of the same row (longalign/sequence_parallel.py):
-their slice losses add up to the row's, so the weights and the factor W stay as they are.
+their slice losses add up to the row's, so the weights and the factor W stay as they are. The weights reach the
+loss in fp32 in every precision (--bf16, --fp16): LongAlignTrainer keeps them out of the Trainer's DeepSpeed cast.
 """
 
 import contextlib
@@ -162,6 +163,19 @@ class LongAlignTrainer(Trainer):
 
     def _get_train_sampler(self, train_dataset=None):
         return self.sampler
+
+    # Why this exists: with DeepSpeed the Trainer casts EVERY floating-point batch tensor to the engine's dtype
+    # (Trainer._prepare_input, transformers 5.24). The loss weights would reach the loss in bf16 (8 bits of
+    # mantissa: each sequence's Eq. 2-4 weight off by up to 0.39 %, the same for all its tokens, a bias) or
+    # fp16, and shifted under sequence parallelism they crashed the loss. They skip that cast and reach the
+    # loss exactly as Schedule computed them, fp32 on the device (longalign/loss.py refuses anything less).
+    FP32_INPUTS = ("loss_weights", "shift_loss_weights")
+
+    def _prepare_inputs(self, inputs):
+        weights = {k: v for k, v in inputs.items() if k in self.FP32_INPUTS}
+        inputs = super()._prepare_inputs({k: v for k, v in inputs.items() if k not in self.FP32_INPUTS})
+        inputs.update({k: v.to(self.args.device) for k, v in weights.items()})
+        return inputs
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # Eq. 2 / 3 / 4 are in inputs["loss_weights"] (longalign/schedule.py, Schedule.step_coefficients):

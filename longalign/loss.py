@@ -15,6 +15,14 @@ What the loss is (labels UNSHIFTED, the model shifts; IGNORE_INDEX = -100 is not
     without:            mean of CE_t over the target tokens of this call (0 when there are none)
 With `cu_seqlens` the last token of a packed sequence never predicts the first token of the next.
 
+Precision. The weights must arrive in fp32 (fp64 is accepted and used in fp32): a bf16 or fp16 weight has
+already lost the bits that make Eq. 2-4 exact, so it is refused with an error, never silently used (the HF
+Trainer casts floating batch tensors to the DeepSpeed dtype; train.py's LongAlignTrainer keeps the weights
+out of that cast). With fp16 weights of the model (DeepSpeed --fp16), dL/dh and dL/dW stay in fp32 until
+backward, where the incoming gradient (the loss scale) multiplies them before the cast to fp16, as autograd
+through fp32 logits would order it: a per-token weight like 8/(96*20000) times a softmax probability is far
+below fp16's smallest number, and cast first it would be 0.
+
 Pre-shifted targets (`shift_labels`, `shift_loss_weights`: already aligned with the predicting position,
 as `shift_targets` returns them) skip the shift. Sequence parallelism needs this: a rank holds a slice
 of the row, and the target of its last position is the first token of the NEXT rank's slice, so the
@@ -32,6 +40,18 @@ DEFAULT_CHUNK_SIZE = 1024  # rows of logits per chunk: 1024 x 32,000 fp32 = 131 
 # ---------------------------------------------------------------------------------------------
 # Targets: shift, cut at sequence boundaries, keep only the tokens that are targets
 
+def fp32_weights(weights: torch.Tensor | None) -> torch.Tensor | None:
+    """The loss weights as fp32; a TypeError for bf16/fp16, whose rounding already changed Eq. 2-4."""
+    if weights is None:
+        return None
+    if weights.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"loss weights arrived as {weights.dtype}, not float32: something cast them on the way and "
+                        f"rounded every sequence's weight of Eq. 2-4 (the HF Trainer casts floating batch tensors "
+                        f"to the DeepSpeed dtype, which train.py's LongAlignTrainer prevents; DeepSpeed's "
+                        '"fp16": {"auto_cast": true} casts them again: leave it off). Pass them as float32.')
+    return weights.float()
+
+
 def shift_targets(labels: torch.Tensor, loss_weights: torch.Tensor | None = None,
                   cu_seqlens: torch.Tensor | None = None):
     """(B, T) unshifted labels/weights -> (B, T) targets/weights aligned with the predicting position.
@@ -44,9 +64,9 @@ def shift_targets(labels: torch.Tensor, loss_weights: torch.Tensor | None = None
     if cu_seqlens is not None:
         starts = cu_seqlens.reshape(-1)[1:-1].long()                 # inner sequence starts
         targets[:, starts - 1] = IGNORE_INDEX
-    weights = None
+    weights, loss_weights = None, fp32_weights(loss_weights)
     if loss_weights is not None:
-        weights = torch.zeros_like(loss_weights, dtype=torch.float32)
+        weights = torch.zeros_like(loss_weights)
         weights[:, :-1] = loss_weights[:, 1:]
     return targets, weights
 
@@ -63,7 +83,16 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         n, v = hidden.shape[0], weight.shape[0]
         buf = torch.empty(min(chunk_size, n), v, dtype=torch.float32, device=hidden.device)  # reused
         loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        grad_hidden = torch.empty_like(hidden) if need_grad else None
+        # fp16 has bf16's precision but not its range: the gradients computed here, before the loss scale
+        # exists, would underflow to 0 in fp16. Keep them in fp32 (dh computed by an fp32 matmul against an
+        # fp32 copy of W, V x H x 4 bytes while the forward runs) and cast in backward, after the scale.
+        fp32_grads = hidden.dtype == torch.float16 or weight.dtype == torch.float16
+        ctx.dtypes = hidden.dtype, weight.dtype
+        weight_fp32 = weight.float() if need_grad and fp32_grads else None
+        grad_hidden = None
+        if need_grad:
+            grad_hidden = torch.empty(hidden.shape, dtype=torch.float32 if fp32_grads else hidden.dtype,
+                                      device=hidden.device)
         # fp32 accumulator for dW: summing many chunks in bf16 would lose the small contributions
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_grad else None
         for s in range(0, n, chunk_size):
@@ -85,11 +114,14 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             # d(w * CE)/dz = w * (softmax - onehot(y)), written over the buffer in place
             logits.mul_((w / z_sum)[:, None])
             logits.scatter_add_(1, y[:, None], -w[:, None])
-            g = logits if hidden.dtype == torch.float32 else logits.to(hidden.dtype)
-            torch.mm(g, weight, out=grad_hidden[s:s + chunk_size])          # (c, H)
+            if fp32_grads:
+                torch.mm(logits, weight_fp32, out=grad_hidden[s:s + chunk_size])  # (c, H), fp32
+            else:
+                g = logits if hidden.dtype == torch.float32 else logits.to(hidden.dtype)
+                torch.mm(g, weight, out=grad_hidden[s:s + chunk_size])      # (c, H)
             grad_weight.addmm_(logits.t(), h.float())                      # (V, H), fp32
         if need_grad:
-            ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
+            ctx.save_for_backward(grad_hidden, grad_weight if fp32_grads else grad_weight.to(weight.dtype))
         return loss
 
     @staticmethod
@@ -97,7 +129,9 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         grad_hidden, grad_weight = ctx.saved_tensors
         if not bool(grad_loss == 1):  # the usual case is exactly 1: skip two full passes
             grad_hidden, grad_weight = grad_hidden * grad_loss, grad_weight * grad_loss
-        return grad_hidden, grad_weight, None, None, None, None
+        # fp16: scaled first (above), cast now; otherwise the dtypes already match and .to() is a no-op
+        hidden_dtype, weight_dtype = ctx.dtypes
+        return grad_hidden.to(hidden_dtype), grad_weight.to(weight_dtype), None, None, None, None
 
 
 def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
@@ -125,7 +159,7 @@ def shifted_lm_loss(hidden_states: torch.Tensor, weight: torch.Tensor, targets: 
         # plain token mean: every target weighs 1/N (with N = 0 the sum is empty and the loss is 0)
         weights = torch.full((rows.numel(),), 1.0 / max(rows.numel(), 1), device=hidden.device)
     else:
-        weights = weights.reshape(-1)[rows]
+        weights = fp32_weights(weights).reshape(-1)[rows]
     return fused_linear_cross_entropy(hidden, weight, targets, weights, chunk_size)
 
 

@@ -34,10 +34,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def cpu_zero3_config(path: Path) -> Path:
-    """ds_config/stage3.json with the CPU-test settings of DESIGN.md: no prefetch (a rank sometimes aborts
-    at exit with it on CPU), every parameter partitioned however small."""
-    config = json.loads((ROOT / "ds_config" / "stage3.json").read_text())
+def cpu_zero3_config(path: Path, name: str = "stage3.json") -> Path:
+    """ds_config/<name> with the CPU-test settings of DESIGN.md: no prefetch (a rank sometimes aborts
+    at exit with it on CPU), every parameter partitioned however small. Nothing else changes: bf16/fp16 stay
+    "auto" (DeepSpeed 0.19.8 runs both on the CPU, tests/test_paper_config.py), offload stays on."""
+    config = json.loads((ROOT / "ds_config" / name).read_text())
     config["zero_optimization"].update(stage3_prefetch_bucket_size=0, stage3_param_persistence_threshold=0)
     path.write_text(json.dumps(config))
     return path
