@@ -6,37 +6,49 @@ Run as (before loading the model, e.g. in an evaluation script):
     model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).cuda()
 
 What it changes: `transformers.models.llama.modeling_llama.LlamaAttention.forward`, process-wide.
-Unpadded batches (the usual single long prompt, and every decoding step with the KV cache) go
-through `flash_attn_func(causal=True)`, which never builds the (T, T) score matrix; a padded batch
-keeps the original forward. Without CUDA or flash-attn it warns once and changes nothing (pass
-`force=True` to install the same forward on top of PyTorch's SDPA; the tests do, on CPU).
+Unpadded batches (the usual single long prompt, and every decoding step with a dynamic KV cache) go
+through the varlen kernel longalign/attention.py chose (flash-attn's, else PyTorch's own `varlen_attn`),
+causal and aligned to the last key, which never builds the (T, T) score matrix. Where that would not be
+exact it declines, says so once, and transformers' own attention runs that forward:
+  * a 4-D attention mask: a padded batch, or new tokens after cached ones when transformers builds a mask;
+  * a static KV cache (`cache_implementation="static"`): its keys include the empty slots, which only a
+    mask hides, and transformers 5.24 passes no mask for a static-cache prefill (it relies on SDPA's
+    top-left causal rule, which the kernels do not follow).
+Without a kernel (no CUDA, or none runs) it warns once and changes nothing (pass `force=True` to install
+the same forward on top of PyTorch's SDPA; the tests do, on CPU).
 Inputs: none. Outputs: True when the patch is installed.
 """
 
 import warnings
 
-import torch
 from transformers.models.llama import modeling_llama as hf_llama
 
-from longalign.attention import HAS_FLASH_ATTN, attention
+from longalign.attention import causal_last_queries, current_backend
 
 _ORIGINAL_FORWARD = hf_llama.LlamaAttention.forward
-_warned = False
+_said: set[str] = set()
 
 
-def _flash_or_sdpa(q, k, v, scale):
-    """q: (B, H, Tq, D), k/v: (B, H_kv, Tk, D) -> (B, Tq, H, D), causal, aligned to the last key."""
-    if HAS_FLASH_ATTN and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
-        from flash_attn import flash_attn_func
+def _say_once(message: str) -> None:
+    if message not in _said:
+        _said.add(message)
+        warnings.warn(message, stacklevel=3)
 
-        return flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                               softmax_scale=scale, causal=True)
-    return attention(q, k, v, scale)
+
+def _declines(attention_mask, cache) -> str | None:
+    """Why the patched forward would not be exact for this call (transformers' own attention runs), or None."""
+    if attention_mask is not None:
+        return "a 4-D attention mask (padding, or new tokens after cached ones)"
+    if cache is not None and cache.is_compileable:
+        return "a static KV cache (its keys include empty slots that only a mask hides)"
+    return None
 
 
 def _patched_forward(self, hidden_states, position_embeddings=None, attention_mask=None, cache=None, **kwargs):
     cache = cache if cache is not None else kwargs.pop("past_key_values", None)
-    if attention_mask is not None:  # padding (or another 4-D mask): the original path handles it
+    reason = _declines(attention_mask, cache)
+    if reason is not None:
+        _say_once(f"replace_llama_attn: {reason}: transformers' own attention runs these forwards.")
         return _ORIGINAL_FORWARD(self, hidden_states, position_embeddings, attention_mask, cache, **kwargs)
     B, T, _ = hidden_states.shape
     q = self.q_proj(hidden_states).view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, H, T, D)
@@ -44,19 +56,16 @@ def _patched_forward(self, hidden_states, position_embeddings=None, attention_ma
     v = self.v_proj(hidden_states).view(B, T, -1, self.head_dim).transpose(1, 2)
     q, k = hf_llama.apply_rotary_pos_emb(q, k, *position_embeddings)
     if cache is not None:
-        k, v = cache.update(k, v, self.layer_idx)
-    y = _flash_or_sdpa(q, k, v, self.scaling)                                      # (B, T, H, D)
+        k, v = cache.update(k, v, self.layer_idx)                                  # (B, H_kv, past + T, D)
+    y = causal_last_queries(q, k, v, self.scaling)                                 # (B, T, H, D)
     return self.o_proj(y.reshape(B, T, -1)), None
 
 
 def replace_llama_attn(force: bool = False) -> bool:
-    """Install the flash-attn forward on transformers' LlamaAttention; False (and a warning) if it cannot."""
-    global _warned
-    if not force and not (HAS_FLASH_ATTN and torch.cuda.is_available()):
-        if not _warned:
-            warnings.warn("flash-attn or CUDA is missing: replace_llama_attn() leaves transformers' Llama "
-                          "attention as it is.", stacklevel=2)
-            _warned = True
+    """Install the kernel forward on transformers' LlamaAttention; False (and a warning, once) if no kernel runs."""
+    if not force and current_backend().kernel is None:
+        _say_once("no FlashAttention kernel runs here (no CUDA, or flash-attn / torch varlen_attn fail): "
+                  "replace_llama_attn() leaves transformers' Llama attention as it is.")
         return False
     hf_llama.LlamaAttention.forward = _patched_forward
     return True

@@ -30,7 +30,7 @@ from transformers.generation import GenerationMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from longalign.attention import attention, prepare_positions, resolve_cache
+from longalign.attention import Layout, attention, keep_padding_mask, prepare_positions, resolve_cache
 from longalign.loss import LMHead
 from modeling_llama import LlamaPreTrainedModel, RMSNorm, RotaryEmbedding
 
@@ -114,8 +114,7 @@ class SelfAttention(nn.Module):
         self.dense = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=config.add_bias_linear)
         self.sequence_parallel = None  # Ulysses wrapper under sequence parallelism (see modeling_llama.Attention)
 
-    def forward(self, x, rope, cache=None, cu_seqlens=None, max_seqlen=None, attention_mask=None,
-                position_ids=None):
+    def forward(self, x, rope, cache=None, layout: Layout | None = None, position_ids=None):
         B, T, _ = x.shape
         sizes = [self.num_heads * self.head_dim] + [self.num_kv_heads * self.head_dim] * 2
         q, k, v = (t.view(B, T, -1, self.head_dim).transpose(1, 2)       # (B, heads, T, D)
@@ -124,9 +123,9 @@ class SelfAttention(nn.Module):
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)                      # (B, H_kv, past + T, D)
         if self.sequence_parallel is not None:
-            y = self.sequence_parallel(q, k, v, position_ids)                 # (B, T, H, D) this rank's slice
+            y = self.sequence_parallel(q, k, v, position_ids, layout)         # (B, T, H, D) this rank's slice
         else:
-            y = attention(q, k, v, self.scale, cu_seqlens, max_seqlen, attention_mask)  # (B, T, H, D)
+            y = attention(q, k, v, self.scale, layout)                        # (B, T, H, D)
         return self.dense(y.reshape(B, T, -1))
 
 
@@ -151,10 +150,8 @@ class GLMBlock(GradientCheckpointingLayer):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.layernorm_epsilon)
         self.mlp = MLP(config)
 
-    def forward(self, x, rope, cache=None, cu_seqlens=None, max_seqlen=None, attention_mask=None,
-                position_ids=None):
-        x = x + self.self_attention(self.input_layernorm(x), rope, cache, cu_seqlens, max_seqlen, attention_mask,
-                                    position_ids)
+    def forward(self, x, rope, cache=None, layout=None, position_ids=None):
+        x = x + self.self_attention(self.input_layernorm(x), rope, cache, layout, position_ids)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -191,6 +188,7 @@ class ChatGLMPreTrainedModel(PreTrainedModel):
     accepts_loss_kwargs = False  # see modeling_llama.py: the loss is not num_items_in_batch-normalised
     _supports_sdpa = _supports_flash_attn = True  # accepted; attention is longalign/attention.py's anyway
     _init_weights = LlamaPreTrainedModel._init_weights  # rotary buffers rebuilt from rope_ratio, never loaded
+    create_masks_for_generate = staticmethod(keep_padding_mask)  # see modeling_llama.py
 
 
 class ChatGLMModel(ChatGLMPreTrainedModel):
@@ -207,13 +205,13 @@ class ChatGLMModel(ChatGLMPreTrainedModel):
         self.post_init()
 
     def forward(self, input_ids=None, cu_seqlens=None, position_ids=None, attention_mask=None,
-                cache=None, inputs_embeds=None):
+                cache=None, inputs_embeds=None, row_cu_seqlens=None):
         """-> final hidden states (B, T, C); same packing rules as modeling_llama.LlamaModel."""
         x = self.embedding(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, C)
-        cu_seqlens, max_seqlen, position_ids = prepare_positions(x, cu_seqlens, position_ids, cache)
+        layout, position_ids = prepare_positions(x, cu_seqlens, position_ids, cache, attention_mask, row_cu_seqlens)
         rope = self.rotary_pos_emb(x, position_ids)                                 # 2 x (B, T, D/4)
         for layer in self.encoder.layers:
-            x = layer(x, rope, cache, cu_seqlens, max_seqlen, attention_mask, position_ids)
+            x = layer(x, rope, cache, layout, position_ids)
         return self.encoder.final_layernorm(x)
 
 
@@ -232,12 +230,13 @@ class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel, GenerationMixin):
     def forward(self, input_ids=None, cu_seqlens=None, position_ids=None, attention_mask=None,
                 past_key_values=None, use_cache=None, labels=None, loss_weights=None,
                 inputs_embeds=None, cache=None, logits_to_keep=0, shift_labels=None, shift_loss_weights=None,
-                **kwargs):
+                row_cu_seqlens=None, **kwargs):
         """See modeling_llama.LlamaForCausalLM.forward: the same contract and return value."""
         cache = cache if cache is not None else past_key_values
         training = cu_seqlens is not None or labels is not None or shift_labels is not None
-        cache = resolve_cache(self, cache, use_cache, training)
-        hidden = self.transformer(input_ids, cu_seqlens, position_ids, attention_mask, cache, inputs_embeds)
+        cache = resolve_cache(self, cache, use_cache, training or row_cu_seqlens is not None)
+        hidden = self.transformer(input_ids, cu_seqlens, position_ids, attention_mask, cache, inputs_embeds,
+                                  row_cu_seqlens)
         # (loss, None) with labels, else (None, logits (B, T, V))
         loss, logits = self.transformer.output_layer(hidden, labels, loss_weights, cu_seqlens,
                                                          logits_to_keep, shift_labels, shift_loss_weights)
@@ -248,11 +247,13 @@ class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel, GenerationMixin):
              max_new_tokens: int = 512, **generate_kwargs) -> tuple[str, list[dict]]:
         """One chat turn: -> (response, history + this turn), history as ChatGLM3's role/content dicts.
 
-        `history` may also hold ChatGLM2-style (query, response) pairs. The prompt is built by
-        longalign.chat.build_prompt (the paper's `[Round i]\\n\\n问：...\\n\\n答：` format by default),
-        the one place the repository defines chat formats.
+        `history` may also hold ChatGLM2-style (query, response) pairs. The prompt ids come from
+        longalign.chat.encode_prompt (the paper's `[Round i]\\n\\n问：...\\n\\n答：` format by default), the
+        encoder pre_tokenize.py trains with: `[gMASK] sop` are the two special ids and every earlier answer
+        ends with EOS, exactly the context ids of training. (Tokenizing the prompt's text in one call would
+        turn `[gMASK]sop` into plain-text pieces and could merge tokens across piece boundaries.)
         """
-        from longalign.chat import build_prompt
+        from longalign.chat import encode_prompt
 
         messages = []
         for turn in history or []:
@@ -261,8 +262,8 @@ class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel, GenerationMixin):
             else:
                 messages += [{"role": "user", "content": turn[0]}, {"role": "assistant", "content": turn[1]}]
         messages.append({"role": "user", "content": query})
-        prompt = build_prompt(messages, template, tokenizer)
-        inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(self.device)
-        output = self.generate(**inputs, max_new_tokens=max_new_tokens, **generate_kwargs)
-        response = tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+        input_ids = torch.tensor([encode_prompt(messages, template, tokenizer)], device=self.device)  # (1, T)
+        output = self.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                               max_new_tokens=max_new_tokens, **generate_kwargs)
+        response = tokenizer.decode(output[0, input_ids.shape[1]:], skip_special_tokens=True).strip()
         return response, messages + [{"role": "assistant", "content": response}]

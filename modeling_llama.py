@@ -15,14 +15,16 @@ What differs from the stock model, and why:
     materialises the (T, V) fp32 logits, so `logits` is None when labels are given.
   * `shift_labels` / `shift_loss_weights` instead of labels: targets already shifted on the full row, for
     a rank that holds only a slice of it under sequence parallelism (longalign/sequence_parallel.py,
-    which also sets each attention layer's `sequence_parallel` wrapper).
+    which also sets each attention layer's `sequence_parallel` wrapper); `row_cu_seqlens` are then the
+    FULL row's sequence boundaries (int32), which attention needs after its all-to-all.
   * The loss is NOT divided by the Trainer's `num_items_in_batch`; `accepts_loss_kwargs = False`
     tells the HF Trainer so (train.py's compute_loss owns the normalisation of Eq. 2-4).
 
 Supported: GQA/MQA, `attention_bias`, `mlp_bias`, tied or untied embeddings, the RoPE types of
 today's checkpoints (default, linear, dynamic, llama3, yarn, through transformers' own rope
-initialisation), gradient checkpointing, bf16, `generate()` with a KV cache.
-Not supported: sliding-window attention (Mistral v0.1's 4096 window; an error if a sequence exceeds it).
+initialisation), gradient checkpointing, bf16, `generate()` with a dynamic or static KV cache.
+Not supported: sliding-window attention (Mistral v0.1's 4096 window; an error if a sequence exceeds it,
+decided from lengths the host knows, without reading the device).
 
 Data flow:  input_ids -> embed_tokens -> N x DecoderLayer(RMSNorm -> Attention(RoPE) -> + ->
             RMSNorm -> MLP -> +) -> norm -> lm_head (logits, or the loss when labels are given)
@@ -37,7 +39,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
 
-from longalign.attention import attention, prepare_positions, resolve_cache
+from longalign.attention import Layout, attention, keep_padding_mask, prepare_positions, resolve_cache
 from longalign.loss import LMHead
 
 # ---------------------------------------------------------------------------------------------
@@ -123,11 +125,10 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=o_bias)
         # Sequence parallelism (longalign/sequence_parallel.py) sets this to its Ulysses wrapper: this rank
         # holds a slice of the row; the wrapper trades it for all positions of H/N heads, attends over the
-        # full row with `attention`, and trades back. It finds the row's sequences from the position ids.
+        # full row with `attention` (block-diagonal over the layout's full-row segments), and trades back.
         self.sequence_parallel = None
 
-    def forward(self, x, rope, cache=None, cu_seqlens=None, max_seqlen=None, attention_mask=None,
-                position_ids=None):
+    def forward(self, x, rope, cache=None, layout: Layout | None = None, position_ids=None):
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.k_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
@@ -136,9 +137,9 @@ class Attention(nn.Module):
         if cache is not None:                                              # generation: past + new keys
             k, v = cache.update(k, v, self.layer_idx)                      # (B, H_kv, past + T, D)
         if self.sequence_parallel is not None:
-            y = self.sequence_parallel(q, k, v, position_ids)                 # (B, T, H, D) this rank's slice
+            y = self.sequence_parallel(q, k, v, position_ids, layout)         # (B, T, H, D) this rank's slice
         else:
-            y = attention(q, k, v, self.scale, cu_seqlens, max_seqlen, attention_mask)  # (B, T, H, D)
+            y = attention(q, k, v, self.scale, layout)                        # (B, T, H, D)
         return self.o_proj(y.reshape(B, T, -1))
 
 
@@ -167,10 +168,8 @@ class DecoderLayer(GradientCheckpointingLayer):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x, rope, cache=None, cu_seqlens=None, max_seqlen=None, attention_mask=None,
-                position_ids=None):
-        x = x + self.self_attn(self.input_layernorm(x), rope, cache, cu_seqlens, max_seqlen, attention_mask,
-                               position_ids)
+    def forward(self, x, rope, cache=None, layout=None, position_ids=None):
+        x = x + self.self_attn(self.input_layernorm(x), rope, cache, layout, position_ids)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -184,9 +183,11 @@ class LlamaPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["DecoderLayer"]
     accepts_loss_kwargs = False  # the HF Trainer must not expect a num_items_in_batch-normalised loss
-    # attention always goes through longalign/attention.py (flash-attn varlen on CUDA when installed,
-    # else SDPA), whatever `attn_implementation` says; these let callers pass "sdpa" or "flash_attention_2"
+    # attention always goes through longalign/attention.py (a varlen kernel on CUDA when one runs, else
+    # SDPA), whatever `attn_implementation` says; these let callers pass "sdpa" or "flash_attention_2"
     _supports_sdpa = _supports_flash_attn = True
+    # generate() would turn the padding mask into 4-D masks for static caches; attention.py wants the 2-D one
+    create_masks_for_generate = staticmethod(keep_padding_mask)
 
     def _init_weights(self, module):
         if isinstance(module, RotaryEmbedding):  # non-persistent buffers: rebuilt, never loaded
@@ -210,17 +211,28 @@ class LlamaModel(LlamaPreTrainedModel):
         self.post_init()
 
     def forward(self, input_ids=None, cu_seqlens=None, position_ids=None, attention_mask=None,
-                cache=None, inputs_embeds=None):
+                cache=None, inputs_embeds=None, row_cu_seqlens=None):
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, C)
-        cu_seqlens, max_seqlen, position_ids = prepare_positions(x, cu_seqlens, position_ids, cache)
+        # segments, padding and cache offset, once per forward (the layers read no device value)
+        layout, position_ids = prepare_positions(x, cu_seqlens, position_ids, cache, attention_mask, row_cu_seqlens)
         window = getattr(self.config, "sliding_window", None)  # Mistral v0.1; Qwen2 when use_sliding_window
-        if window and getattr(self.config, "use_sliding_window", True) and int(position_ids.max()) >= window:
-            raise ValueError(f"sequences longer than the sliding window ({window}) are not supported; "
-                             "shorten them or use a checkpoint without a window.")
+        if window and getattr(self.config, "use_sliding_window", True):
+            check_window(window, layout, x.shape[1])
         rope = self.rotary_emb(x, position_ids)                                     # 2 x (B, T, D/2)
         for layer in self.layers:
-            x = layer(x, rope, cache, cu_seqlens, max_seqlen, attention_mask, position_ids)
+            x = layer(x, rope, cache, layout, position_ids)
         return self.norm(x)
+
+
+def check_window(window: int, layout: Layout, T: int) -> None:
+    """Sliding-window attention is not implemented: stop where it would matter (a sequence longer than the
+    window), from lengths the host already knows."""
+    if isinstance(layout.past, torch.Tensor):
+        raise ValueError("a static KV cache with a sliding-window model is not supported; use the default cache.")
+    longest = layout.segments.max_seqlen if layout.segments is not None else (layout.past or 0) + T
+    if longest > window:
+        raise ValueError(f"sequences longer than the sliding window ({window}) are not supported; "
+                         "shorten them or use a checkpoint without a window.")
 
 
 class LlamaForCausalLM(LlamaPreTrainedModel, GenerationMixin):
@@ -235,12 +247,12 @@ class LlamaForCausalLM(LlamaPreTrainedModel, GenerationMixin):
     def forward(self, input_ids=None, cu_seqlens=None, position_ids=None, attention_mask=None,
                 past_key_values=None, use_cache=None, labels=None, loss_weights=None,
                 inputs_embeds=None, cache=None, logits_to_keep=0, shift_labels=None, shift_loss_weights=None,
-                **kwargs):
+                row_cu_seqlens=None, **kwargs):
         """See the module docstring. Extra keys (e.g. the Trainer's num_items_in_batch) are ignored."""
         cache = cache if cache is not None else past_key_values  # transformers 5 calls it `cache`
         training = cu_seqlens is not None or labels is not None or shift_labels is not None
-        cache = resolve_cache(self, cache, use_cache, training)
-        hidden = self.model(input_ids, cu_seqlens, position_ids, attention_mask, cache, inputs_embeds)
+        cache = resolve_cache(self, cache, use_cache, training or row_cu_seqlens is not None)
+        hidden = self.model(input_ids, cu_seqlens, position_ids, attention_mask, cache, inputs_embeds, row_cu_seqlens)
         # (loss, None) with labels, else (None, logits (B, T, V))
         loss, logits = self.lm_head(hidden, labels, loss_weights, cu_seqlens, logits_to_keep,
                                    shift_labels, shift_loss_weights)

@@ -37,7 +37,8 @@ from jinja2 import TemplateError
 from tqdm import tqdm
 from transformers import HfArgumentParser
 
-from longalign import chat, packing
+from longalign import chat, packing, tokenization
+from longalign.scriptargs import UserError
 from longalign.store import StoreWriter
 
 
@@ -69,7 +70,8 @@ class Args:
         "help": "generous bound on characters per token, used to cut huge lines by characters before "
                 "tokenizing so a 20 MB line cannot stall the run"})
     trust_remote_code: bool = field(default=False, metadata={
-        "help": "allow the tokenizer's own code (ChatGLM3's tokenizer needs it; on for the chatglm alias)"})
+        "help": "allow a tokenizer that is code shipped with the checkpoint; never needed for the paper's "
+                "ChatGLM3 and Llama models (longalign/tokenization.py builds them from tokenizer.model)"})
 
     def __post_init__(self):
         if self.template is None:
@@ -83,8 +85,6 @@ class Args:
         self.datanum_count = parse_datanum(self.datanum)
         if self.out_dir is None:
             self.out_dir = str(Path("data") / Path(self.model).name / self.datanum)
-        if self.model in chat.MODEL_ALIASES:
-            self.trust_remote_code = self.trust_remote_code or self.model == "chatglm"
 
 
 def fail(sentence: str) -> None:
@@ -196,9 +196,7 @@ _worker: dict = {}
 
 
 def init_worker(tokenizer_path: str, trust_remote_code: bool, settings: dict) -> None:
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tokenizer_path, trust_remote_code=trust_remote_code)
+    tok = tokenization.load_tokenizer(tokenizer_path, trust_remote_code=trust_remote_code)
     _worker.update(settings, tokenizer=tok)
 
 
@@ -280,14 +278,13 @@ def tokenize_batch(job: tuple[str, list[tuple[int, int]]]) -> list[tuple]:
 # Main: scan both files, choose the long samples, tokenize in batches, write the store and meta.json.
 
 def load_tokenizer(args: Args):
-    from transformers import AutoTokenizer
-
+    """(what to record as the tokenizer in meta.json, the tokenizer): longalign.tokenization.load_tokenizer,
+    so ChatGLM3 checkpoints need no remote code and every failure is one sentence."""
     path = chat.MODEL_ALIASES.get(args.model, args.model)
     try:
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=args.trust_remote_code)
-    except (OSError, ValueError) as e:
-        fail(f"--model {args.model}: no tokenizer could be loaded from {path} ({str(e).splitlines()[0]}); "
-             f"pass a local folder or a hub id (with network access).")
+        tok = tokenization.load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
+    except UserError as e:
+        fail(f"--model {e}")
     if args.template == "chat_template" and not getattr(tok, "chat_template", None):
         fail(f"--model {args.model}: the tokenizer has no chat template; pass --template chatglm or llama.")
     if tok.eos_token_id is None:
@@ -332,7 +329,7 @@ def main(argv=None) -> dict:
                 origin.append(source)
     settings = {k: getattr(args, k) for k in ("template", "max_length", "truncation", "max_chars_per_token")}
     settings["prefix"] = chat.special_prefix(tok) if args.template != "chat_template" else []
-    init = (tokenizer_path, args.trust_remote_code, settings)
+    init = (args.model, args.trust_remote_code, settings)
     for stale in (packing.SORT_PLAN, packing.PACK_PLAN, "stats.json"):  # plans of an older store here
         (Path(args.out_dir) / stale).unlink(missing_ok=True)
     writer = StoreWriter(args.out_dir, len(tok))

@@ -352,14 +352,14 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: TrainingArgu
 
 def save_tokenizer(model_args: ModelArguments, store, output_dir: str) -> None:
     """Next to the model, so evaluation loads both from one folder (from the model, else the store's)."""
-    from transformers import AutoTokenizer
+    from longalign.tokenization import load_tokenizer
 
     for source in (model_args.model_name_or_path, store.meta.get("tokenizer")):
         if source is None:
             continue
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=model_args.trust_remote_code)
-        except (OSError, ValueError):
+        try:  # ChatGLM3 checkpoints come out as a plain tokenizer.json folder: no remote code to evaluate them
+            tokenizer = load_tokenizer(source, trust_remote_code=model_args.trust_remote_code)
+        except UserError:
             continue
         tokenizer.save_pretrained(output_dir)
         return

@@ -60,7 +60,7 @@ class Args:
     max_new_tokens: int = field(default=1024, metadata={"help": "longest answer in tokens"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature; 0 = greedy"})
     seed: int = field(default=42, metadata={"help": "seed of generation (reset per case) and few-shot shuffling"})
-    trust_remote_code: bool = field(default=False, metadata={"help": "allow the checkpoint's own code (ChatGLM3's tokenizer)"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow a tokenizer that is the checkpoint's own code (not needed for ChatGLM3)"})
     lang: str = field(default="all", metadata={"help": "all | en | zh: which cases to run"})
     do_judge: bool = field(default=True, metadata={"help": "run the judge after generation (false: predictions only)"})
     judge_model: str = field(default="gpt-4", metadata={"help": "judge model name"})

@@ -39,7 +39,7 @@ class Args:
     max_new_tokens: int = field(default=64, metadata={"help": "longest answer in tokens (the needle is one sentence)"})
     temperature: float = field(default=0.0, metadata={"help": "0 = greedy (deterministic)"})
     seed: int = field(default=42, metadata={"help": "generation seed, reset per prompt"})
-    trust_remote_code: bool = field(default=False, metadata={"help": "allow the checkpoint's own code (ChatGLM3)"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow a tokenizer that is the checkpoint's own code (not needed for ChatGLM3)"})
 
     def __post_init__(self):
         if not self.model_path:

@@ -35,6 +35,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: find longalign/
 from longalign import synthetic  # noqa: E402
 from longalign.scriptargs import UserError, comma_list, parse_args, run_main  # noqa: E402
+from longalign.tokenization import load_tokenizer  # noqa: E402
 
 CONFIG = Path(__file__).with_name("config-prompt.yaml")
 TERMINATORS = (".", "!", "?", "。", "！", "？")
@@ -65,7 +66,7 @@ class Args:
         "help": "tokens left out of each context for the question, the template and the answer"})
     snap_window_percent: float = field(default=1.5, metadata={
         "help": "how far (percent of the context) the needle may move to reach a sentence end"})
-    trust_remote_code: bool = field(default=False, metadata={"help": "allow the tokenizer's own code (ChatGLM3)"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow a tokenizer that is the checkpoint's own code (not needed for ChatGLM3)"})
     out_dir: str = field(default="runs/needle/prompts", metadata={"help": "where prompts.jsonl goes"})
 
     def __post_init__(self):
@@ -183,12 +184,7 @@ def build_context(tokenizer, hay_ids: list[int], ends: list[int], needle: str, t
 
 def main(argv=None):
     (args,) = parse_args(Args, argv, default_config=CONFIG)
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer, trust_remote_code=args.trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot load --tokenizer {args.tokenizer} ({str(e)[:120]}); give a model folder or hub id") from None
+    tokenizer = load_tokenizer(args.tokenizer, trust_remote_code=args.trust_remote_code)
     text = read_haystack(args.haystack_dir)
     hay_ids = encode(tokenizer, text)
     need = max(args.lengths)

@@ -22,6 +22,7 @@ from pathlib import Path
 from longalign.chat import encode_prompt, middle_cut
 from longalign.models import LLAMA_FAMILY
 from longalign.scriptargs import UserError
+from longalign.tokenization import load_tokenizer
 
 TEMPLATES = ("auto", "chat_template", "llama", "chatglm", "none")
 
@@ -83,15 +84,11 @@ class Generator:
                  server_model: str | None = None, max_new_tokens: int = 1024, temperature: float = 1.0,
                  seed: int = 42, trust_remote_code: bool = False, timeout: float = 600.0, max_retries: int = 6,
                  tokenizer_path: str | None = None):
-        from transformers import AutoTokenizer, PreTrainedConfig
+        from transformers import PreTrainedConfig
 
         self.max_new_tokens, self.temperature, self.seed = max_new_tokens, temperature, seed
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or model_path,
-                                                           trust_remote_code=trust_remote_code)
-        except (OSError, ValueError) as e:
-            raise UserError(f"cannot load a tokenizer from {tokenizer_path or model_path} ({str(e)[:120]}); "
-                            "pass a model folder or hub id that has one (or --tokenizer)") from None
+        # the loader of every stage (ChatGLM3 without remote code; a failure is one sentence naming the fix)
+        self.tokenizer = load_tokenizer(tokenizer_path or model_path, trust_remote_code=trust_remote_code)
         self.model, self.client, self.server_model = None, None, server_model
         if base_url:
             from openai import OpenAI

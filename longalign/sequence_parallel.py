@@ -9,8 +9,11 @@ rank's H/N heads, and a second all-to-all gives every rank its T/N positions of 
     rank 0   tokens 0..T/N-1, all heads ──┐ all-to-all  ┌── heads 0..H/N-1, all T tokens ── attention
     rank 1   tokens T/N..T-1, all heads ──┘             └── heads H/N..H-1, all T tokens ── attention
 
-A pack stays block-diagonal: DeepSpeed all-gathers the position ids, which restart at 0 in every
-sequence, and the full-row segments (`cu_seqlens`) are rebuilt from them (attention.cu_seqlens_from_position_ids).
+A pack stays block-diagonal: `shard_batch` gives every rank of the group the FULL row's `cu_seqlens` as
+`row_cu_seqlens` (it cuts the row, so it knows them); the model reads them to the host once per forward
+(attention.prepare_positions) and every layer attends block-diagonally over the full row with them: no
+host sync per layer. (DeepSpeed still all-gathers the position ids in every layer; they restart at 0 in
+every sequence, so RoPE is the same as without SP.)
 
 The loss needs no exchange. The labels and loss weights are shifted on the FULL row before it is cut
 (`shard_batch`): the last position of rank r's slice predicts the first token of rank r+1's, which rank
@@ -26,12 +29,7 @@ Batches of B rows (right padding) or one packed row; training forwards only (no 
 import torch
 
 from longalign import IGNORE_INDEX
-from longalign.attention import (
-    attention,
-    cu_seqlens_from_position_ids,
-    pack_segments,
-    position_ids_from_cu_seqlens,
-)
+from longalign.attention import Layout, attention, pack_segments, position_ids_from_cu_seqlens
 from longalign.loss import shift_targets
 
 # ---------------------------------------------------------------------------------------------
@@ -68,15 +66,13 @@ def initialize(sp_size: int):
 # Attention: DeepSpeed's all-to-all around our packed attention
 
 
-def full_row_attention(module, q, k, v, attention_mask, *args, position_ids, **kwargs):
-    """The core attention DeepSpeed calls after the first all-to-all: q (B, H/N, T, D), k, v (B, H_kv', T, D),
-    position_ids (B, T) gathered over the group -> ((B, T, H/N, D), None)."""
-    if q.shape[0] == 1:  # one row, maybe a pack: its sequences from the positions, block-diagonal attention
-        cu_seqlens = cu_seqlens_from_position_ids(position_ids[0])
-        max_seqlen = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
-        return attention(q, k, v, module.scale, cu_seqlens, max_seqlen), None
-    # B right-padded rows: causal attention is exact for every real token (padding only ever comes after it)
-    return attention(q, k, v, module.scale), None
+def full_row_attention(module, q, k, v, attention_mask, *args, layout: Layout | None = None, **kwargs):
+    """The core attention DeepSpeed calls after the first all-to-all: q (B, H/N, T, D), k, v (B, H_kv', T, D)
+    -> ((B, T, H/N, D), None). `layout.segments` are the full row's sequences (a pack): block-diagonal.
+    Without them, B plain rows (right padding): causal attention is exact for every real token (padding
+    only ever comes after it)."""
+    segments = layout.segments if layout is not None else None
+    return attention(q, k, v, module.scale, Layout(segments=segments)), None
 
 
 class UlyssesAttention:
@@ -95,13 +91,15 @@ class UlyssesAttention:
             kv_head_count=num_kv_heads, num_hidden_layers=num_layers, process_group=group,
             seq_length_is_variable=True)
 
-    def __call__(self, q, k, v, position_ids):
+    def __call__(self, q, k, v, position_ids, layout: Layout | None = None):
         """q: (B, H, T/N, D), k, v: (B, H_kv, T/N, D), position_ids (B, T/N) -> (B, T/N, H, D)."""
         if position_ids is None:
             raise ValueError("sequence parallelism needs position_ids in every forward (shard_batch adds them).")
         B, _, T, _ = q.shape
-        # DeepSpeed wants (B, T, H, D)-contiguous blocks before its all-to-all; it rearranges and copies itself
-        out, _ = self.ulysses(self.layer, q, k, v, None, position_ids=position_ids.expand(B, -1).contiguous())
+        # DeepSpeed wants (B, T, H, D)-contiguous blocks before its all-to-all; it rearranges and copies itself.
+        # It hands `layout` (the full row's segments) through to full_row_attention.
+        out, _ = self.ulysses(self.layer, q, k, v, None, position_ids=position_ids.expand(B, -1).contiguous(),
+                              layout=layout)
         return out.view(B, T, self.num_heads, self.head_dim)
 
 
@@ -145,10 +143,12 @@ def shard_batch(batch: dict, sp_rank: int, sp_size: int, pad_token_id: int) -> d
     In: input_ids (B, T), labels (B, T) unshifted, optional loss_weights (B, T), and `cu_seqlens` for a
     pack (B = 1) or `attention_mask` for padded rows. Out: input_ids, position_ids (B, T'/N) and
     shift_labels, shift_loss_weights (B, T'/N): shifted on the full row (a pack's sequence never predicts
-    the next one's first token), then cut. The row is first padded to T' = a multiple of N (pad id,
-    IGNORE_INDEX, weight 0); in a pack the padding is a segment of its own (positions restart at 0), so no
-    real token attends to it. The same layout as DeepSpeed's UlyssesSPDataLoaderAdapter (`shift_labels`
-    included), but each rank cuts its own slice from the batch it already holds, so nothing is exchanged.
+    the next one's first token), then cut; for a pack also `row_cu_seqlens`, the full row's boundaries
+    (int32, the same on every rank), which attention needs after its all-to-all. The row is first padded
+    to T' = a multiple of N (pad id, IGNORE_INDEX, weight 0); in a pack the padding is a segment of its
+    own (positions restart at 0), so no real token attends to it. The same layout as DeepSpeed's
+    UlyssesSPDataLoaderAdapter (`shift_labels` included), but each rank cuts its own slice from the batch
+    it already holds, so nothing is exchanged.
     """
     input_ids, labels = batch["input_ids"], batch["labels"]
     B, T = input_ids.shape
@@ -157,7 +157,8 @@ def shard_batch(batch: dict, sp_rank: int, sp_size: int, pad_token_id: int) -> d
     cu_seqlens = batch.get("cu_seqlens")
     if cu_seqlens is not None:
         # positions restart in every sequence and in the padding tail (pack_segments makes it a segment)
-        position_ids = position_ids_from_cu_seqlens(pack_segments(cu_seqlens, T + pad))       # (1, T')
+        segments = pack_segments(cu_seqlens, T + pad)
+        position_ids = position_ids_from_cu_seqlens(segments)                                  # (1, T')
     else:
         position_ids = torch.arange(T + pad)[None].expand(B, -1)                               # (B, T')
     input_ids = torch.nn.functional.pad(input_ids, (0, pad), value=pad_token_id)
@@ -170,4 +171,6 @@ def shard_batch(batch: dict, sp_rank: int, sp_size: int, pad_token_id: int) -> d
            "shift_labels": shift_labels[:, s]}
     if shift_weights is not None:
         out["shift_loss_weights"] = shift_weights[:, s]
+    if cu_seqlens is not None:
+        out["row_cu_seqlens"] = segments.cu_seqlens                                            # (n+1 or n+2,)
     return out

@@ -1,9 +1,11 @@
 """Ask a long-context model about a long document, with the answer streamed as it is written.
 
-ChatGLM checkpoints answer through their `model.chat` (modeling_chatglm's, in the --template format, or
-the checkpoint's remote code with --trust_remote_code); every other model through `--template` (auto:
-the tokenizer's chat template, else the paper's format of the family). A document longer than --max_length tokens keeps its head and
-tail. Without --question the demo asks for questions on stdin and keeps the conversation.
+ChatGLM checkpoints answer through `model.chat` (modeling_chatglm's, in the --template format); every
+other model through `--template` (auto: the tokenizer's chat template, else the paper's format of the
+family). Either way the prompt ids come from longalign.chat.encode_prompt, the encoder training uses, and
+the tokenizer from longalign.tokenization.load_tokenizer (ChatGLM3's without its remote code). A document
+longer than --max_length tokens keeps its head and tail. Without --question the demo asks for questions on
+stdin and keeps the conversation.
 
 Run as:
     python scripts/chat_demo.py --model THUDM/LongAlign-7B-64k --file paper.txt \
@@ -12,7 +14,6 @@ Run as:
 Inputs: a model, a text file. Output: the answer on stdout.
 """
 
-import inspect
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,8 @@ class Args:
     max_new_tokens: int = field(default=1024, metadata={"help": "longest answer in tokens"})
     temperature: float = field(default=0.0, metadata={"help": "0 = greedy"})
     seed: int = field(default=42, metadata={"help": "sampling seed"})
-    trust_remote_code: bool = field(default=False, metadata={"help": "allow the checkpoint's own code (ChatGLM3's chat)"})
+    trust_remote_code: bool = field(default=False, metadata={
+        "help": "allow a model or tokenizer that is the checkpoint's own code (not needed for ChatGLM3)"})
 
     def __post_init__(self):
         if not self.model or not self.file:
@@ -49,13 +51,13 @@ def answer(gen: Generator, messages: list[dict]) -> str:
 
     streamer = TextStreamer(gen.tokenizer, skip_prompt=True, skip_special_tokens=True)
     model = gen.model
-    if getattr(model.config, "model_type", None) == "chatglm" and hasattr(model, "chat"):
-        # ChatGLM checkpoints answer through their own chat(): ours (modeling_chatglm) takes the format,
-        # the checkpoint's remote code has its own; both pass the streamer on to generate().
-        own = {"template": gen.template} if "template" in inspect.signature(model.chat).parameters else {}
+    if getattr(model.config, "model_type", None) == "chatglm" and gen.template != "none":
+        # ChatGLM checkpoints load as modeling_chatglm (longalign.models), whose chat() builds the prompt with
+        # chat.encode_prompt in --template's format and passes the streamer on to generate() (raw text,
+        # --template none, has no chat turns and goes through gen.generate below).
         response, _ = model.chat(gen.tokenizer, messages[-1]["content"], history=messages[:-1],
-                                 max_new_tokens=gen.max_new_tokens, streamer=streamer,
-                                 do_sample=gen.temperature > 0, temperature=gen.temperature or None, **own)
+                                 template=gen.template, max_new_tokens=gen.max_new_tokens, streamer=streamer,
+                                 do_sample=gen.temperature > 0, temperature=gen.temperature or None)
         return response
     return gen.generate(messages, streamer=streamer)["text"]
 

@@ -52,6 +52,66 @@ def test_chatglm_answers_through_model_chat(tokenizer, doc, tmp_path, capsys, mo
     assert calls == ["chatglm"] and answers[0] in capsys.readouterr().out
 
 
+@pytest.fixture(scope="module")
+def glm_checkpoint(tmp_path_factory):
+    """A tiny random ChatGLM3-format checkpoint whose tokenizer files are ChatGLM3's kind: tokenizer.model and
+    a tokenizer_config.json asking for THUDM's remote code (longalign.tokenization builds it without)."""
+    import spm_fixtures as fx
+    import torch
+
+    from longalign.tokenization import load_tokenizer
+    from modeling_chatglm import ChatGLMConfig, ChatGLMForConditionalGeneration
+
+    folder = tmp_path_factory.mktemp("glm3")
+    fx.chatglm_checkpoint(folder, fx.train_sentencepiece(folder / "spm" / "tokenizer.model", vocab_size=1000))
+    config = ChatGLMConfig(num_layers=1, padded_vocab_size=len(load_tokenizer(str(folder))), hidden_size=32,
+                           ffn_hidden_size=48, kv_channels=8, num_attention_heads=4, multi_query_attention=True,
+                           multi_query_group_num=2, add_qkv_bias=True, seq_length=512)
+    torch.manual_seed(0)
+    ChatGLMForConditionalGeneration(config).save_pretrained(folder)
+    return folder
+
+
+def test_chat_prompt_ids_are_the_training_ids(glm_checkpoint, doc, monkeypatch):
+    """model.chat (and so the demo) reads exactly the ids training stores before the answer: [gMASK] sop as
+    the two special ids, every earlier answer ending with EOS. The old way, the prompt's text tokenized in
+    one call, differs (negative control)."""
+    from longalign import chat
+    from longalign.tokenization import load_tokenizer
+    from modeling_chatglm import ChatGLMForConditionalGeneration
+
+    tok = load_tokenizer(str(glm_checkpoint))
+    model = ChatGLMForConditionalGeneration.from_pretrained(glm_checkpoint).eval()
+    seen, generate = [], ChatGLMForConditionalGeneration.generate
+
+    def spy(self, input_ids=None, **kwargs):
+        seen.append(input_ids[0].tolist())
+        return generate(self, input_ids=input_ids, **kwargs)
+
+    monkeypatch.setattr(ChatGLMForConditionalGeneration, "generate", spy)
+    history = [{"role": "system", "content": "你是助手。"}, {"role": "user", "content": "What is  the code?"},
+               {"role": "assistant", "content": " It is 4821."}]
+    response, new_history = model.chat(tok, "和 Stou 的？", history=history, max_new_tokens=3, do_sample=False)
+    (train_ids, labels), = chat.encode_conversations([history + [{"role": "user", "content": "和 Stou 的？"},
+                                                                 {"role": "assistant", "content": "答案"}]],
+                                                     "chatglm", tok)
+    last_answer = max(k for k in range(1, len(labels))
+                      if labels[k - 1] == chat.IGNORE_INDEX and labels[k] != chat.IGNORE_INDEX)
+    assert seen[0] == train_ids[:last_answer]  # the training context of the last answer
+    assert seen[0][:2] == [tok.convert_tokens_to_ids("[gMASK]"), tok.convert_tokens_to_ids("sop")]
+    assert seen[0].count(tok.eos_token_id) == 1 and new_history[-1]["content"] == response
+    one_call = tok(chat.build_prompt(history + [{"role": "user", "content": "和 Stou 的？"}], "chatglm", tok),
+                   add_special_tokens=False)["input_ids"]
+    assert one_call != seen[0] and tok.convert_tokens_to_ids("sop") not in one_call
+
+    # the demo on the same checkpoint (no --trust_remote_code) goes through the same chat()
+    seen.clear()
+    demo.main(["--model", str(glm_checkpoint), "--file", str(doc), "--question", "What?", "--template", "chatglm",
+               "--max_new_tokens", "2", "--max_length", "40"])
+    document = demo.truncate_text_middle(doc.read_text(), tok, 40)[0]
+    assert seen == [chat.encode_prompt([{"role": "user", "content": f"{document}\n\nWhat?"}], "chatglm", tok)]
+
+
 def test_missing_file_is_a_one_line_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         run_main(demo.main, ["--model", "x", "--file", str(tmp_path / "nope.txt")])

@@ -151,6 +151,7 @@ def test_generate_with_kv_cache_matches_glm_and_round_trips(chatglm, tmp_path):
     with torch.no_grad():
         expected = glm.generate(x, **kw)
         assert torch.equal(ours.generate(x, **kw), expected)
+        assert torch.equal(ours.generate(x, cache_implementation="static", **kw), expected)
     ours.save_pretrained(tmp_path)  # saved in the chatglm format, loads back the same
     again = ChatGLMForConditionalGeneration.from_pretrained(tmp_path).eval()
     assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "chatglm"

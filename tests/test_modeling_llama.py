@@ -170,7 +170,9 @@ def test_round_trip_into_stock_transformers(pair, tmp_path):
         assert (stock(x).logits - ref(x).logits).abs().max() == 0
 
 
-def test_generate_with_kv_cache_matches_transformers(pair):
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_generate_with_kv_cache_matches_transformers(pair, cache):
+    """A static cache hands every slot to attention, the empty ones too: layout.past keeps them out."""
     ref, ours, _ = pair
     x = ids(2, 9)
     mask = torch.ones_like(x)
@@ -178,8 +180,11 @@ def test_generate_with_kv_cache_matches_transformers(pair):
     kw = dict(attention_mask=mask, max_new_tokens=12, do_sample=False, pad_token_id=0)
     with torch.no_grad():
         expected = ref.generate(x, **kw)
-        assert torch.equal(ours.generate(x, **kw), expected)
-        assert torch.equal(ours.generate(x, use_cache=False, **kw), expected)
+        assert torch.equal(ours.generate(x, cache_implementation=cache, **kw), expected)
+        assert torch.equal(ours.generate(x[:1], cache_implementation=cache, **{**kw, "attention_mask": None}),
+                           ref.generate(x[:1], **{**kw, "attention_mask": None}))
+        if cache == "dynamic":
+            assert torch.equal(ours.generate(x, use_cache=False, **kw), expected)
 
 
 @pytest.mark.parametrize("dtype_key", ["dtype", "torch_dtype"])

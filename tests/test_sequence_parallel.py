@@ -1,9 +1,11 @@
 """Ulysses sequence parallelism (longalign/sequence_parallel.py) against one process over the full row.
 
 Two processes (gloo, float64) split a plain row and a packed row of a tiny Llama (GQA: KV heads split; also
-with activation checkpointing) and a tiny ChatGLM (one KV head: DeepSpeed replicates it): the loss summed over the slices, each slice's logits and
-the gradients summed over the ranks equal one process's on the full row. Control: the same slices without the
-all-to-all (each rank attends only inside its slice) must differ.
+with activation checkpointing) and a tiny ChatGLM (one KV head: DeepSpeed replicates it): the loss summed over the
+slices, each slice's logits and the gradients summed over the ranks equal one process's on the full row. Control:
+the same slices without the all-to-all (each rank attends only inside its slice) must differ.
+The same two processes give the backend table at SP 2 (tests/backend_table.py: each attention backend through the
+test doubles, bf16 and fp32, activation checkpointing) and count the host syncs of an SP forward.
 """
 
 import copy
@@ -15,7 +17,7 @@ import pytest
 import torch
 
 from longalign import IGNORE_INDEX
-from longalign.attention import cu_seqlens_from_position_ids, position_ids_from_cu_seqlens
+from longalign.attention import pack_segments, position_ids_from_cu_seqlens
 from longalign.sequence_parallel import check_sizes, shard_batch
 
 pytest.importorskip("deepspeed")
@@ -35,11 +37,6 @@ def test_check_sizes_names_the_numbers():
         check_sizes(4, 4, 12, 6)
 
 
-def test_position_ids_round_trip():
-    cu = torch.tensor([0, 3, 4, 9, 11], dtype=torch.int32)
-    assert torch.equal(cu_seqlens_from_position_ids(position_ids_from_cu_seqlens(cu)), cu)
-
-
 def test_shard_batch_shifts_on_the_full_row():
     # pack of two sequences (5 + 4 tokens) cut into 2 slices of 5 (one padding token)
     ids = torch.arange(10, 19)[None]
@@ -54,6 +51,9 @@ def test_shard_batch_shifts_on_the_full_row():
     assert r0["shift_loss_weights"].tolist() == [[1, 2, 0, 4, 0]]
     assert r1["position_ids"].tolist() == [[0, 1, 2, 3, 0]]  # the padding tail is a segment of its own
     assert r1["input_ids"].tolist() == [[15, 16, 17, 18, 0]]
+    # every rank gets the full row's boundaries (the padding tail a segment of its own)
+    assert r0["row_cu_seqlens"].tolist() == r1["row_cu_seqlens"].tolist() == [0, 5, 9, 10]
+    assert r0["row_cu_seqlens"].dtype == torch.int32
 
 
 @pytest.mark.parametrize("B", [1, 2])
@@ -179,7 +179,8 @@ def worker(rank: int, world: int, port: int, out_path: str) -> None:
             for g in grads.values():
                 dist.all_reduce(g)
             with torch.no_grad():
-                logits = sp_model(input_ids=shard["input_ids"], position_ids=shard["position_ids"], use_cache=False).logits
+                logits = sp_model(input_ids=shard["input_ids"], position_ids=shard["position_ids"],
+                                  row_cu_seqlens=shard.get("row_cu_seqlens"), use_cache=False).logits
             n = shard["input_ids"].shape[1]
             real = slice(rank * n, min((rank + 1) * n, T))
             logits = logits[:, : real.stop - real.start] * real_tokens[:, real]
@@ -188,7 +189,7 @@ def worker(rank: int, world: int, port: int, out_path: str) -> None:
             # control: the same slices, each rank attending only inside its own
             sequence_parallel.disable(sp_model)
             with torch.no_grad():
-                control = sp_model(**shard).loss
+                control = sp_model(**{k: v for k, v in shard.items() if k != "row_cu_seqlens"}).loss
             dist.all_reduce(control)
             sequence_parallel.enable(sp_model, world, batch_size=B)
             results[f"{model_name}/{row_name}"] = {
@@ -205,18 +206,57 @@ def worker(rank: int, world: int, port: int, out_path: str) -> None:
     pad = -row["input_ids"].shape[1] % world
     batch = {"input_ids": torch.nn.functional.pad(row["input_ids"], (0, pad)),
              "labels": torch.nn.functional.pad(row["labels"], (0, pad), value=IGNORE_INDEX),
-             "position_ids": position_ids_from_cu_seqlens(torch.cat([row["cu_seqlens"], torch.tensor(
-                 [row["input_ids"].shape[1] + pad], dtype=torch.int32)]))}
+             "position_ids": position_ids_from_cu_seqlens(pack_segments(row["cu_seqlens"], row["input_ids"].shape[1] + pad))}
     adapter = UlyssesSPDataLoaderAdapter([batch], sp_rank=mpu.get_sequence_parallel_rank(),
                                          sp_group=mpu.get_sequence_parallel_group(), sp_world_size=world,
                                          device=torch.device("cpu"))
     theirs, ours = next(iter(adapter)), shard_batch(row, rank, world, pad_token_id=0)
     results["adapter_equal"] = all(torch.equal(theirs[k], ours[k]) for k in ("input_ids", "position_ids", "shift_labels"))
+    results["table"], results["syncs"] = backend_table_sp2(models, rank, world)
     if rank == 0:
         with open(out_path, "w") as f:
             json.dump(results, f)
     dist.barrier()
     dist.destroy_process_group()
+
+
+def backend_table_sp2(models: dict, rank: int, world: int) -> tuple[dict, dict]:
+    """Each backend at SP 2 against SDPA at SP 2; SDPA at SP 2 against one process over the full row (SDPA)."""
+    import torch.distributed as dist
+    from backend_table import BACKENDS, DTYPES, compare, step, through
+    from fake_kernels import count_host_syncs
+
+    from longalign import sequence_parallel
+
+    row = rows()["packed"]
+    row["loss_weights"] = row["loss_weights"].float()
+    shard = shard_batch(row, rank, world, pad_token_id=0)
+    n, T = shard["input_ids"].shape[1], row["input_ids"].shape[1]
+    real = slice(rank * n, min((rank + 1) * n, T))   # this rank's real tokens (the last slice ends in padding)
+    table = {}
+    for model_name in ("llama", "chatglm"):
+        for dtype, torch_dtype in DTYPES.items():
+            model = copy.deepcopy(models[model_name]).to(torch_dtype)
+            full, _ = through("sdpa", dtype, lambda m=model: step(m, row, {k: row[k] for k in ("input_ids", "cu_seqlens")}))
+            sequence_parallel.enable(model, world)
+            results = {}
+            for backend in BACKENDS:
+                logits_kwargs = {k: shard[k] for k in ("input_ids", "position_ids", "row_cu_seqlens")}
+                (logits, grads), calls = through(backend, dtype, lambda m=model, kw=logits_kwargs: step(m, shard, kw))
+                dist.all_reduce(grads)                                    # the ranks' gradients add up
+                results[backend] = (logits[:, : real.stop - real.start], grads), calls
+            for backend, (result, calls) in results.items():
+                sdpa = (full[0][:, real], full[1]) if backend == "sdpa" else results["sdpa"][0]
+                cell = compare(result, sdpa)
+                logits_diff = torch.tensor(cell["logits"])
+                dist.all_reduce(logits_diff, op=dist.ReduceOp.MAX)
+                table[f"{model_name}/{dtype}/{backend}"] = {**cell, "logits": float(logits_diff), "calls": calls,
+                                                           "layers": model.config.num_hidden_layers}
+            if model_name == "llama" and dtype == "fp32":  # host syncs of the attention path, once per forward?
+                with torch.no_grad(), count_host_syncs() as syncs:
+                    model.model(shard["input_ids"], position_ids=shard["position_ids"],
+                                row_cu_seqlens=shard["row_cu_seqlens"])
+    return table, dict(syncs)
 
 
 def free_port() -> int:
@@ -232,6 +272,10 @@ def test_sp2_equals_one_process(tmp_path):
     mp.spawn(worker, args=(2, free_port(), str(out)), nprocs=2, join=True)
     results = json.loads(out.read_text())
     assert results.pop("adapter_equal") is True
+    check_backend_table_sp2(results.pop("table"))
+    syncs = results.pop("syncs")
+    print(f"[figure] host syncs per forward, llama with 2 layers, SP 2 (this rank's model body): {syncs}")
+    assert syncs == {"tolist": 1}  # the full row's segments, read once per forward; none per layer
     for case, r in results.items():
         print(f"SP {case}: loss {r['loss']:.6f} |dloss| {r['loss_diff']:.1e} max|dlogits| {r['logits_diff']:.1e} "
               f"max|dgrad| {r['grad_diff']:.1e} (grads up to {r['grad_scale']:.1e}); "
@@ -240,3 +284,14 @@ def test_sp2_equals_one_process(tmp_path):
         assert r["logits_diff"] <= TOL, (case, r)
         assert r["grad_diff"] <= GRAD_TOL * r["grad_scale"], (case, r)
         assert r["control_loss_diff"] > 1e-4, (case, r)  # without the all-to-all the slices cannot see each other
+
+
+def check_backend_table_sp2(table: dict) -> None:
+    from backend_table import figure, within
+
+    for key, cell in table.items():
+        model, dtype, backend = key.split("/")
+        print(figure(2, model, dtype, backend, cell, "one process, full row (sdpa)" if backend == "sdpa" else "sdpa"))
+        assert within(cell, dtype), (key, cell)
+        # the kernel ran in every layer: the forward, its recomputation in backward, the logits forward
+        assert cell["calls"] == (0 if backend == "sdpa" else 3 * cell["layers"]), (key, cell)
