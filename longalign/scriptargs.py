@@ -42,9 +42,15 @@ def _build_parser(dataclass_types, doc: str | None, aliases: dict[str, str] | No
 
     class _Parser(HfArgumentParser):
         def error(self, message):  # argparse's own errors (bad choice, bad type, missing flag): one line, exit 2
+            if message.startswith("the following arguments are required: "):
+                flags = [f.split("/")[0] for f in message.split(": ", 1)[1].split(", ")]  # not the dashed alias
+                message = f"{' and '.join(flags)} {'is' if len(flags) == 1 else 'are'} required"
             raise UserError(f"{message} (see --help)")
 
-    parser = _Parser(dataclass_types, description=doc, formatter_class=_HelpFormatter, add_help=False)
+    # allow_abbrev=False: argparse would otherwise take `--templat` (or `--max_len`) silently as the one flag it
+    # starts; a flag is spelled in full or named in the error with the spelling meant
+    parser = _Parser(dataclass_types, description=doc, formatter_class=_HelpFormatter, add_help=False,
+                     allow_abbrev=False)
     parser.add_argument("-h", "--help", action="store_true", help="show this message and exit")
     for alias, flag in (aliases or {}).items():
         action = parser._option_string_actions.get(flag)
@@ -88,7 +94,7 @@ def parse_args(dataclass_types, argv=None, default_config: str | Path | None = N
     required = [a for a in parser._actions if a.required]
     for action in required:
         action.required = False
-    early, _ = parser.parse_known_args(argv)
+    early, extra = parser.parse_known_args(argv)
     if early.config:
         config = read_config(Path(early.config), parser)
         parser.set_defaults(**config)
@@ -98,9 +104,9 @@ def parse_args(dataclass_types, argv=None, default_config: str | Path | None = N
     if early.help:
         parser.print_help()
         raise SystemExit(0)
-    namespace, extra = parser.parse_known_args(argv)
     if extra:
         raise _unknown(parser, extra)
+    namespace = parser.parse_args(argv)
     values = vars(namespace)
     parsed = []
     for dtype in parser.dataclass_types:
