@@ -35,10 +35,9 @@ from pathlib import Path
 import numpy as np
 from jinja2 import TemplateError
 from tqdm import tqdm
-from transformers import HfArgumentParser
 
 from longalign import chat, packing, tokenization
-from longalign.scriptargs import UserError
+from longalign.scriptargs import UserError, parse_args, run_main
 from longalign.store import StoreWriter
 
 
@@ -293,7 +292,7 @@ def load_tokenizer(args: Args):
 
 
 def main(argv=None) -> dict:
-    (args,) = HfArgumentParser(Args).parse_args_into_dataclasses(argv)
+    (args,) = run_main(lambda a: parse_args((Args,), a), argv)  # bad flags: one line, exit 2
     tokenizer_path, tok = load_tokenizer(args)
     files = {"long": args.long_file, "short": args.short_file}
     if args.datanum_count == 0:

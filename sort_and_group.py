@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from transformers import HfArgumentParser
 
 from longalign import packing
+from longalign.scriptargs import parse_args, run_main
 from longalign.store import TokenizedStore, write_json
 
 
@@ -62,7 +62,7 @@ def pack_figures(lengths: np.ndarray, packs: list[list[int]], max_length: int) -
 
 
 def main(argv=None) -> dict:
-    (args,) = HfArgumentParser(Args).parse_args_into_dataclasses(argv)
+    (args,) = run_main(lambda a: parse_args((Args,), a), argv)  # bad flags: one line, exit 2
     try:
         store = TokenizedStore(args.train_file)
     except (FileNotFoundError, ValueError) as e:

@@ -33,11 +33,11 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
-from transformers import HfArgumentParser  # noqa: E402
 
 from longalign import synthetic  # noqa: E402
 from longalign.batches import Collator, SlotDataset  # noqa: E402
 from longalign.schedule import Schedule  # noqa: E402
+from longalign.scriptargs import parse_args, run_main  # noqa: E402
 
 # Paper Figure 5: hours on 8 x A800 for (naive, pack, sort)
 PAPER = {"ChatGLM3-6B-64k": (45.4, 20.5, 19.1), "Llama-2-7B-64k": (67.2, 23.4, 23.3),
@@ -179,7 +179,7 @@ def keep_freed_memory() -> None:
 
 
 def main(argv=None) -> dict:
-    (args,) = HfArgumentParser(Args).parse_args_into_dataclasses(args=argv)
+    (args,) = run_main(lambda a: parse_args((Args,), a), argv)  # bad flags: one line, exit 2
     torch.set_num_threads(1)  # one core per simulated device: no thread contention inside a measurement
     keep_freed_memory()
     torch.manual_seed(args.seed)

@@ -27,11 +27,11 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers import HfArgumentParser
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from longalign.scriptargs import parse_args, run_main  # noqa: E402
 from modeling_llama import LlamaForCausalLM  # noqa: E402
 
 
@@ -160,7 +160,7 @@ def bench_memory(args: BenchArgs) -> float:
 
 
 def main() -> None:
-    (args,) = HfArgumentParser(BenchArgs).parse_args_into_dataclasses()
+    (args,) = run_main(lambda a: parse_args((BenchArgs,), a), None)  # bad flags: one line, exit 2
     torch.set_num_threads(args.threads)
     if args.worker:
         memory_worker(args)

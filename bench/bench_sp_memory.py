@@ -37,10 +37,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import HfArgumentParser
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from longalign.scriptargs import parse_args, run_main  # noqa: E402
 
 GB = 1e9
 DEVICE_MEMORY = 80 * GB
@@ -218,7 +219,7 @@ def run_check(lengths: list[int], tmp: Path) -> list[tuple]:
 def main(argv=None) -> dict:
     import tempfile
 
-    (args,) = HfArgumentParser(Args).parse_args_into_dataclasses(argv)
+    (args,) = run_main(lambda a: parse_args((Args,), a), argv)  # bad flags: one line, exit 2
     out = {}
     if not args.skip_check:
         lengths = [int(x) for x in args.check_tokens.split(",")]

@@ -1,11 +1,19 @@
-"""Argument parsing shared by the evaluation scripts: dataclasses + an optional YAML of defaults.
+"""The one argument layer of every entry script: dataclasses + an optional YAML of defaults, kind errors.
 
 Every script declares its flags as dataclass fields (with `help`), parsed by transformers'
 HfArgumentParser. Scripts that ship a config file (the Needle test's config-*.yaml, like the original)
-read it first as defaults; any flag on the command line overrides the file. A user error raised while
-parsing or running (`UserError`) ends the script with one sentence on stderr and exit code 2.
+read it first as defaults; any flag on the command line overrides the file. On top of HfArgumentParser:
+
+    a misspelled flag   error: unrecognized argument --bach_method (did you mean --batch_method?)   exit 2
+    --help              the script's docstring, then every flag with the default that will REALLY apply
+                        (the config file's value where it sets one), required flags marked
+    aliases             older spellings of a flag (the original LongAlign's `--model`, ...) parse as it
+    UserError           raised while parsing or running: one sentence on stderr, exit 2, no traceback
 """
 
+import argparse
+import dataclasses
+import difflib
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,19 +25,93 @@ class UserError(Exception):
     """A mistake the user can fix (missing file, bad flag, malformed input): no traceback, exit 2."""
 
 
-def parse_args(dataclass_types, argv=None, default_config: str | Path | None = None) -> tuple:
-    """Parse argv into the given dataclasses, with defaults taken from `--config` (a flat YAML mapping of
-    field name -> value; the script's own config file when the flag is not given)."""
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The docstring as written (its `Run as:` lines keep their layout), then each flag's help and default."""
+
+    def _get_help_string(self, action):
+        text = (action.help or "").replace("%", "%%")  # a literal % in a help text ("50 %") is not a format
+        if action.required:
+            return text + " (required)"
+        if action.default is not argparse.SUPPRESS and action.option_strings and action.nargs != 0:
+            text += " (default: %(default)s)"
+        return text
+
+
+def _build_parser(dataclass_types, doc: str | None, aliases: dict[str, str] | None):
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser(dataclass_types)
-    parser.add_argument("--config", default=None if default_config is None else str(default_config),
-                        help="YAML file of defaults (field: value); flags on the command line override it")
-    # Read --config first so its values become the parser's defaults, then parse for real.
-    config, _ = parser.parse_known_args(argv)
-    if config.config:
-        parser.set_defaults(**read_config(Path(config.config), parser))
-    *parsed, _namespace = parser.parse_args_into_dataclasses(args=argv)
+    class _Parser(HfArgumentParser):
+        def error(self, message):  # argparse's own errors (bad choice, bad type, missing flag): one line, exit 2
+            if message.startswith("the following arguments are required: "):
+                flags = [f.split("/")[0] for f in message.split(": ", 1)[1].split(", ")]  # not the dashed alias
+                message = f"{' and '.join(flags)} {'is' if len(flags) == 1 else 'are'} required"
+            raise UserError(f"{message} (see --help)")
+
+    # allow_abbrev=False: argparse would otherwise take `--templat` (or `--max_len`) silently as the one flag it
+    # starts; a flag is spelled in full or named in the error with the spelling meant
+    parser = _Parser(dataclass_types, description=doc, formatter_class=_HelpFormatter, add_help=False,
+                     allow_abbrev=False)
+    parser.add_argument("-h", "--help", action="store_true", help="show this message and exit")
+    for alias, flag in (aliases or {}).items():
+        action = parser._option_string_actions.get(flag)
+        if action is None:
+            raise ValueError(f"alias {alias} names an unknown flag {flag}")
+        action.option_strings.append(alias)
+        parser._option_string_actions[alias] = action
+    return parser
+
+
+def _unknown(parser, extra: list[str]) -> UserError:
+    """The first unknown argument of `extra`, with the nearest known flag."""
+    flags = [s for s in parser._option_string_actions if s.startswith("--")]
+    arg = next((a for a in extra if a.startswith("-")), extra[0]).split("=")[0]
+    if not arg.startswith("-"):
+        return UserError(f"unexpected argument {arg!r}: every value follows its flag (see --help)")
+    near = difflib.get_close_matches(arg, flags, n=1, cutoff=0.6)
+    hint = f" (did you mean {near[0]}?)" if near else "; see --help for the flags"
+    return UserError(f"unrecognized argument {arg}{hint}")
+
+
+def parse_args(dataclass_types, argv=None, default_config: str | Path | None = None, doc: str | None = None,
+               aliases: dict[str, str] | None = None) -> tuple:
+    """Parse argv into the given dataclasses, with defaults taken from `--config` (a flat YAML mapping of
+    field name -> value; the script's own config file when the flag is not given).
+
+    doc: shown first by --help (pass the script's __doc__); aliases: {"--old_name": "--flag"}.
+    """
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    if doc is None:  # the running script's own docstring: purpose, `Run as:`, inputs, outputs
+        doc = getattr(sys.modules.get("__main__"), "__doc__", None)
+    parser = _build_parser(dataclass_types, doc, aliases)
+    # a short usage line (TrainingArguments alone has ~100 flags): the required ones, then the rest below
+    parser.usage = " ".join(["%(prog)s", *(f"{a.option_strings[0]} {a.dest.upper()}" for a in parser._actions
+                                          if a.required), "[flags]"])
+    if "--config" not in parser._option_string_actions:
+        parser.add_argument("--config", default=None if default_config is None else str(default_config),
+                            help="YAML file of defaults (field: value); flags on the command line override it")
+    # Read --config first so its values become the parser's defaults (and --help shows them), then parse.
+    # Required flags wait for the second pass: --help needs none, and the config file may supply them.
+    required = [a for a in parser._actions if a.required]
+    for action in required:
+        action.required = False
+    early, extra = parser.parse_known_args(argv)
+    if early.config:
+        config = read_config(Path(early.config), parser)
+        parser.set_defaults(**config)
+        required = [a for a in required if a.dest not in config]
+    for action in required:
+        action.required = True
+    if early.help:
+        parser.print_help()
+        raise SystemExit(0)
+    if extra:
+        raise _unknown(parser, extra)
+    namespace = parser.parse_args(argv)
+    values = vars(namespace)
+    parsed = []
+    for dtype in parser.dataclass_types:
+        names = {f.name for f in dataclasses.fields(dtype) if f.init}
+        parsed.append(dtype(**{k: v for k, v in values.items() if k in names}))
     return tuple(parsed)
 
 

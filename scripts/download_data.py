@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
-from transformers import HfArgumentParser
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the longalign package
 from longalign import chat  # noqa: E402
+from longalign.scriptargs import parse_args, run_main  # noqa: E402
 
 
 @dataclass
@@ -131,7 +131,7 @@ def write(path: Path, conversations) -> int:
 
 
 def main(argv=None) -> dict:
-    (args,) = HfArgumentParser(Args).parse_args_into_dataclasses(argv)
+    (args,) = run_main(lambda a: parse_args((Args,), a), argv)  # bad flags: one line, exit 2
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = {}

@@ -1,0 +1,70 @@
+"""Every entry script's command line: --help exits 0 and starts with the script's docstring; a misspelled flag
+exits 2 with one line that names the flag meant; a missing required flag is one line too.
+
+The scripts run in-process (runpy, as `python SCRIPT ...` would run them) so that each costs milliseconds.
+"""
+
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# script -> (a misspelled flag, the flag it should suggest)
+SCRIPTS = {
+    "pre_tokenize.py": ("--modle", "--model"),
+    "sort_and_group.py": ("--grup_size", "--group_size"),
+    "train.py": ("--bach_method", "--batch_method"),
+    "scripts/download_data.py": ("--sharegtp", "--sharegpt"),
+    "scripts/chat_demo.py": ("--tempalte", "--template"),
+    "LongBench_Chat/eval.py": ("--max_lenght", "--max_length"),
+    "Needle_test/prompt.py": ("--needel", "--needle"),
+    "Needle_test/pred.py": ("--max_new_tokns", "--max_new_tokens"),
+    "Needle_test/eval.py": ("--scorrer", "--scorer"),
+    "Needle_test/vis.py": ("--titel", "--title"),
+    "bench/bench_batching.py": ("--repets", "--repeats"),
+    "bench/bench_model.py": ("--repets", "--repeats"),
+    "bench/bench_sp_memory.py": ("--chek_tokens", "--check_tokens"),
+}
+
+
+def run_script(script: str, *args: str, monkeypatch) -> int:
+    """Run ROOT/script as __main__ with these arguments -> its exit code (0 when it returns)."""
+    monkeypatch.setattr(sys, "argv", [script, *args])
+    monkeypatch.chdir(ROOT)
+    try:
+        runpy.run_path(str(ROOT / script), run_name="__main__")
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_help_shows_the_docstring_and_exits_0(script, monkeypatch, capsys):
+    assert run_script(script, "--help", monkeypatch=monkeypatch) == 0
+    out = capsys.readouterr().out
+    first_line = (ROOT / script).read_text(encoding="utf-8").split('"""')[1].strip().splitlines()[0]
+    assert first_line in out, out[:500]
+    assert "(default: " in out
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_misspelled_flag_is_one_line_with_the_flag_meant(script, monkeypatch, capsys):
+    wrong, meant = SCRIPTS[script]
+    assert run_script(script, wrong, "1", monkeypatch=monkeypatch) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: unrecognized argument {wrong} (did you mean {meant}?)", err
+
+
+def test_missing_required_flag_is_one_line(monkeypatch, capsys):
+    assert run_script("sort_and_group.py", monkeypatch=monkeypatch) == 2
+    assert capsys.readouterr().err.strip() == "error: --train_file is required (see --help)"
+
+
+def test_help_shows_the_config_files_values(tmp_path, monkeypatch, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("needle: The key is 4821.\n")
+    assert run_script("Needle_test/prompt.py", "--config", str(config), "--help", monkeypatch=monkeypatch) == 0
+    assert "(default: The key is 4821.)" in " ".join(capsys.readouterr().out.split())  # unwrapped
