@@ -7,7 +7,10 @@ read it first as defaults; any flag on the command line overrides the file. On t
     a misspelled flag   error: unrecognized argument --bach_method (did you mean --batch_method?)   exit 2
     --help              the script's docstring, then every flag with the default that will REALLY apply
                         (the config file's value where it sets one), required flags marked
-    aliases             older spellings of a flag (the original LongAlign's `--model`, ...) parse as it
+    aliases             older spellings of a flag (the original LongAlign's `--model`, ...) parse as it, on
+                        the command line and as keys of the config file
+    positional          a script may take its first values without their flags (`python -m
+                        longalign.tokenization tokenizer.model OUT`): they fill the named flags in order
     UserError           raised while parsing or running: one sentence on stderr, exit 2, no traceback
 """
 
@@ -73,13 +76,15 @@ def _unknown(parser, extra: list[str]) -> UserError:
 
 
 def parse_args(dataclass_types, argv=None, default_config: str | Path | None = None, doc: str | None = None,
-               aliases: dict[str, str] | None = None) -> tuple:
+               aliases: dict[str, str] | None = None, positional: tuple[str, ...] = ()) -> tuple:
     """Parse argv into the given dataclasses, with defaults taken from `--config` (a flat YAML mapping of
     field name -> value; the script's own config file when the flag is not given).
 
-    doc: shown first by --help (pass the script's __doc__); aliases: {"--old_name": "--flag"}.
+    doc: shown first by --help (pass the script's __doc__); aliases: {"--old_name": "--flag"};
+    positional: flags ("--model_file", ...) that the leading values without a flag fill, in order.
     """
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    argv = _place_positionals(argv, positional)
     if doc is None:  # the running script's own docstring: purpose, `Run as:`, inputs, outputs
         doc = getattr(sys.modules.get("__main__"), "__doc__", None)
     parser = _build_parser(dataclass_types, doc, aliases)
@@ -96,7 +101,7 @@ def parse_args(dataclass_types, argv=None, default_config: str | Path | None = N
         action.required = False
     early, extra = parser.parse_known_args(argv)
     if early.config:
-        config = read_config(Path(early.config), parser)
+        config = read_config(Path(early.config), parser, aliases)
         parser.set_defaults(**config)
         required = [a for a in required if a.dest not in config]
     for action in required:
@@ -115,7 +120,17 @@ def parse_args(dataclass_types, argv=None, default_config: str | Path | None = N
     return tuple(parsed)
 
 
-def read_config(path: Path, parser) -> dict:
+def _place_positionals(argv: list[str], flags: tuple[str, ...]) -> list[str]:
+    """The leading values without a flag, given to `flags` in order (`a b --kind x` -> `--f1 a --f2 b --kind x`)."""
+    leading = []
+    for arg in argv[:len(flags)]:
+        if arg.startswith("-"):
+            break
+        leading.append(arg)
+    return [x for flag, value in zip(flags[:len(leading)], leading, strict=True) for x in (flag, value)] + argv[len(leading):]
+
+
+def read_config(path: Path, parser, aliases: dict[str, str] | None = None) -> dict:
     if not path.is_file():
         raise UserError(f"config file {path} does not exist; pass --config with an existing YAML file")
     try:
@@ -124,6 +139,8 @@ def read_config(path: Path, parser) -> dict:
         raise UserError(f"{path} is not valid YAML ({str(e).splitlines()[0]}); fix the file") from None
     if not isinstance(values, dict):
         raise UserError(f"{path} must be a mapping of flag names to values; fix the file")
+    renamed = {old.lstrip("-"): new.lstrip("-") for old, new in (aliases or {}).items()}
+    values = {renamed.get(k, k): v for k, v in values.items()}  # a config written with an older name
     known = {a.dest for a in parser._actions}
     unknown = sorted(set(values) - known)
     if unknown:
