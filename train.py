@@ -2,7 +2,7 @@
 and the loss of every optimizer step computed exactly (paper Eq. 2-4) on 1 or N devices.
 
 Run as:
-    python train.py --model_name_or_path MODEL --train_file data/<model>/<datanum> --output_dir OUT \\
+    python train.py --model_name_or_path MODEL --train_dir data/<model>/<datanum> --output_dir OUT \\
         --batch_method naive|sort|pack [--pack_loss] [--loss_reduction sequence|token] [--balance]
         [--sequence_parallel_size N] ...
     torchrun --nproc_per_node 8 train.py ... --deepspeed ds_config/stage3.json      (one node)
@@ -12,7 +12,7 @@ scripts/train_*.sh hold the paper's rows.
 
 Inputs:
     --model_name_or_path  a Llama-family or ChatGLM checkpoint (longalign.models.load_model picks the file)
-    --train_file          a folder from pre_tokenize.py (meta.json + store) and, for sort/pack,
+    --train_dir           a folder from pre_tokenize.py (meta.json + store) and, for sort/pack,
                           sort_and_group.py --group_size K (K = world size / N x per-device batch)
 Outputs (in --output_dir):
     run_config.json       resolved arguments, package versions, hardware (written at every start)
@@ -72,7 +72,7 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    train_file: str = field(metadata={"help": "folder written by pre_tokenize.py (+ sort_and_group.py for sort/pack)"})
+    train_dir: str = field(metadata={"help": "folder written by pre_tokenize.py (+ sort_and_group.py for sort/pack)"})
     batch_method: Literal["naive", "sort", "pack"] = field(
         default="naive", metadata={"help": "naive: shuffled sequences; sort: the sort plan's groups of similar "
                                            "length; pack: the pack plan's packs, one row each (paper §3.3)"})
@@ -101,14 +101,14 @@ class DataArguments:
 # Data: the store, the plan, and the schedule of every epoch
 
 def read_plan(data_args: DataArguments, store, K: int) -> dict:
-    """The sort or pack plan of --train_file, checked against K and L; a clear error when it does not fit."""
+    """The sort or pack plan of --train_dir, checked against K and L; a clear error when it does not fit."""
     from longalign import packing
 
-    folder = Path(data_args.train_file)
+    folder = Path(data_args.train_dir)
     read = packing.read_sort_plan if data_args.batch_method == "sort" else packing.read_pack_plan
     path = folder / (packing.SORT_PLAN if data_args.batch_method == "sort" else packing.PACK_PLAN)
     L = data_args.max_length or store.meta["max_length"]
-    fix = f"run `python sort_and_group.py --train_file {folder} --group_size {K} --max_length {L}" \
+    fix = f"run `python sort_and_group.py --train_dir {folder} --group_size {K} --max_length {L}" \
           f"{' --balance' if data_args.balance else ''}`"
     if not path.is_file():
         raise UserError(f"{path} does not exist (--batch_method {data_args.batch_method} needs it): {fix}")
@@ -299,10 +299,10 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: TrainingArgu
     from longalign.store import TokenizedStore
 
     # 1. inputs: the store, the plan, the schedule (errors before anything heavy is loaded)
-    if not (Path(data_args.train_file) / "meta.json").is_file():
-        raise UserError(f"--train_file {data_args.train_file} has no meta.json: run pre_tokenize.py "
-                        f"--out_dir {data_args.train_file} first")
-    store = TokenizedStore(data_args.train_file)
+    if not (Path(data_args.train_dir) / "meta.json").is_file():
+        raise UserError(f"--train_dir {data_args.train_dir} has no meta.json: run pre_tokenize.py "
+                        f"--output_dir {data_args.train_dir} first")
+    store = TokenizedStore(data_args.train_dir)
     args.remove_unused_columns = False  # our batches carry loss_weights/cu_seqlens, which the model takes
     schedule = build_schedule(data_args, args, store)
     resume = find_resume_checkpoint(args)
@@ -327,9 +327,9 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: TrainingArgu
     model = load_model(model_args.model_name_or_path, **load_kwargs)
     model.accepts_loss_kwargs = False  # no num_items_in_batch: the loss weights already normalise the step
     if store.meta.get("vocab_size", 0) > model.config.vocab_size:
-        raise UserError(f"{data_args.train_file} was tokenized with a vocabulary of {store.meta['vocab_size']} "
+        raise UserError(f"{data_args.train_dir} was tokenized with a vocabulary of {store.meta['vocab_size']} "
                         f"but {model_args.model_name_or_path} has {model.config.vocab_size}: re-run "
-                        f"pre_tokenize.py with --model {model_args.model_name_or_path}")
+                        f"pre_tokenize.py with --model_name_or_path {model_args.model_name_or_path}")
     N = data_args.sequence_parallel_size
     if N > 1:  # every attention layer trades sequence for heads around our packed attention (DeepSpeed Ulysses)
         from longalign import sequence_parallel

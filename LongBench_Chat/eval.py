@@ -7,7 +7,7 @@ server), asks any OpenAI-compatible judge, and writes every step to files so a r
 the last one stopped.
 
 Run as:
-    OPENAI_API_KEY=... python LongBench_Chat/eval.py --model_path THUDM/LongAlign-7B-64k \
+    OPENAI_API_KEY=... python LongBench_Chat/eval.py --model_name_or_path THUDM/LongAlign-7B-64k \
         --data_dir data/longbench_chat --output_dir runs/lbc/longalign-7b [--judge_runs 2]
 
 Inputs (--data_dir; see LongBench_Chat/README.md for the published files):
@@ -42,7 +42,7 @@ JUDGE_SYSTEM_PROMPT = "You are an impartial, careful grader of answers to questi
 
 @dataclass
 class Args:
-    model_path: str | None = field(default=None, metadata={
+    model_name_or_path: str | None = field(default=None, metadata={
         "help": "model folder or hub id (our model files for llama/chatglm types, AutoModelForCausalLM "
                 "otherwise); with --gen_base_url only its tokenizer is loaded, for truncation"})
     tokenizer: str | None = field(default=None, metadata={"help": "tokenizer folder if the model folder has none (default: the model's)"})
@@ -147,8 +147,9 @@ def load_data(data_dir: Path, lang: str) -> tuple[list[dict], list, str]:
 # 2. Settings: a re-run must use the settings the files were made with
 
 def check_settings(out: Path, args: Args, have_predictions: bool, have_judgements: bool) -> None:
-    gen = {k: getattr(args, k) for k in ("model_path", "max_length", "template", "gen_base_url", "gen_model",
-                                          "max_new_tokens", "temperature", "seed")}
+    # "model_path": the key results written before the flag was renamed carry, so their re-runs still match
+    gen = {"model_path": args.model_name_or_path} | {k: getattr(args, k) for k in (
+        "max_length", "template", "gen_base_url", "gen_model", "max_new_tokens", "temperature", "seed")}
     jud = {k: getattr(args, k) for k in ("judge_model", "shuffle_few_shots", "seed")}
     path = out / "settings.json"
     old = json.loads(path.read_text()) if path.exists() else {}
@@ -168,9 +169,9 @@ def predict(args: Args, cases: list[dict], table: JsonlTable) -> int:
     print(f"predictions: {len(cases) - len(todo)} done, {len(todo)} to generate -> {table.path}")
     if not todo:
         return 0
-    if not args.model_path:
-        raise UserError("--model_path is needed to generate (its tokenizer measures --max_length)")
-    gen = Generator(args.model_path, args.template, args.gen_base_url, args.gen_model, args.max_new_tokens,
+    if not args.model_name_or_path:
+        raise UserError("--model_name_or_path is needed to generate (its tokenizer measures --max_length)")
+    gen = Generator(args.model_name_or_path, args.template, args.gen_base_url, args.gen_model, args.max_new_tokens,
                     args.temperature, args.seed, args.trust_remote_code, tokenizer_path=args.tokenizer)
     print(f"template: {gen.template} ({gen.template_reason})")
 

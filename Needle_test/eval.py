@@ -10,12 +10,12 @@ Resumable: cells already scored are kept; failed judge cells are asked again on 
 
 Run as:
     python Needle_test/eval.py --predictions_file runs/needle/pred/predictions.jsonl --scorer match \
-        --key_phrase "temple garden" --out_dir runs/needle/pred
+        --key_phrase "temple garden" --output_dir runs/needle/pred
     (defaults come from Needle_test/config-eval.yaml; every key is also a flag; the judge's key comes
     from OPENAI_API_KEY only)
 
-Inputs: predictions.jsonl from pred.py. Outputs: <out_dir>/scores.jsonl (context_length, depth_percent,
-score or failure, scorer, judge_reply) and <out_dir>/summary.json (mean, per-length means, counts).
+Inputs: predictions.jsonl from pred.py. Outputs: <output_dir>/scores.jsonl (context_length, depth_percent,
+score or failure, scorer, judge_reply) and <output_dir>/summary.json (mean, per-length means, counts).
 """
 
 import json
@@ -52,7 +52,7 @@ Assistant's answer: {answer}
 @dataclass
 class Args:
     predictions_file: str = field(default="runs/needle/pred/predictions.jsonl", metadata={"help": "predictions.jsonl from pred.py"})
-    out_dir: str | None = field(default=None, metadata={"help": "where scores.jsonl and summary.json go (default: next to the predictions)"})
+    output_dir: str | None = field(default=None, metadata={"help": "where scores.jsonl and summary.json go (default: next to the predictions)"})
     scorer: str = field(default="judge", metadata={"help": "judge (an LLM rates 1-10) | match (key phrase found -> 10, else 1)"})
     key_phrase: str | None = field(default=None, metadata={"help": "match scorer: the phrase that must appear (default: the needle)"})
     judge_model: str = field(default="gpt-4", metadata={"help": "judge model name"})
@@ -79,7 +79,7 @@ def match_score(answer: str, key_phrase: str) -> int:
 def main(argv=None):
     (args,) = parse_args(Args, argv, default_config=CONFIG)
     preds = read_jsonl(Path(args.predictions_file), "Needle_test/pred.py")
-    out = Path(args.out_dir or Path(args.predictions_file).parent)
+    out = Path(args.output_dir or Path(args.predictions_file).parent)
     table = JsonlTable(out / "scores.jsonl", key=lambda r: (r["context_length"], r["depth_percent"]),
                        keep=lambda r: r["score"] is not None and r["scorer"] == args.scorer)
     todo = [p for p in preds if (p["context_length"], p["depth_percent"]) not in table]

@@ -1,7 +1,7 @@
 """Needle test, step 4: the heatmap (depth x context length, score 1-10, red -> yellow -> green).
 
 Run as:
-    python Needle_test/vis.py --scores_file runs/needle/pred/scores.jsonl --out runs/needle/pred/heatmap.png
+    python Needle_test/vis.py --scores_file runs/needle/pred/scores.jsonl --output_file runs/needle/pred/heatmap.png
 
 Inputs: scores.jsonl from eval.py. Output: a PNG (matplotlib, Agg backend: no display needed); the
 mean score is printed and written in the title.
@@ -22,7 +22,7 @@ COLOURS = ["#F0496E", "#EBB839", "#0CD79F"]
 @dataclass
 class Args:
     scores_file: str = field(default="runs/needle/pred/scores.jsonl", metadata={"help": "scores.jsonl from eval.py"})
-    out: str | None = field(default=None, metadata={"help": "PNG to write (default: heatmap.png next to the scores)"})
+    output_file: str | None = field(default=None, metadata={"help": "PNG to write (default: heatmap.png next to the scores)"})
     title: str = field(default="Needle in a haystack", metadata={"help": "first line of the title"})
 
 
@@ -68,7 +68,7 @@ def main(argv=None):
     ax.set_title(f"{args.title}\nmean score {overall:.2f} / 10")
     fig.colorbar(im, ax=ax, label="Score")
     fig.tight_layout()
-    out = Path(args.out or Path(args.scores_file).with_name("heatmap.png"))
+    out = Path(args.output_file or Path(args.scores_file).with_name("heatmap.png"))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
     plt.close(fig)

@@ -175,9 +175,9 @@ def original_end_to_end(conversations, template, tokenizer, max_length, out_file
 
 
 def ours_end_to_end(folder, template, out_dir, num_proc, tokenizer_path):
-    meta = pre_tokenize.main(["--model", str(tokenizer_path), "--long_file", str(folder / "raw" / "long.jsonl"),
+    meta = pre_tokenize.main(["--model_name_or_path", str(tokenizer_path), "--long_file", str(folder / "raw" / "long.jsonl"),
                               "--short_file", str(folder / "raw" / "sharegpt.jsonl"), "--datanum", "all",
-                              "--template", template, "--out_dir", str(out_dir), "--num_proc", str(num_proc)])
+                              "--template", template, "--output_dir", str(out_dir), "--num_proc", str(num_proc)])
     return sum(f.stat().st_size for f in Path(out_dir).iterdir() if f.suffix != ".json"), meta
 
 

@@ -23,6 +23,18 @@ from pathlib import Path
 
 import yaml
 
+# One vocabulary across the scripts (docs/cli.md): a model is --model_name_or_path, an output folder
+# --output_dir, one output file --output_file, an input folder --..._dir. The other spellings that commands
+# already written use (the original LongAlign's and this repository's earlier ones) stay accepted, in every
+# script that has the flag they stand for.
+VOCABULARY_ALIASES = {
+    "--model": "--model_name_or_path",       # the original pre_tokenize.py and LongBench_Chat/eval.py; chat_demo.py
+    "--model_path": "--model_name_or_path",  # the original LongBench_Chat/eval.py; Needle_test/pred.py
+    "--out_dir": "--output_dir",             # pre_tokenize.py, download_data.py, Needle_test/*.py, bench_batching.py
+    "--train_file": "--train_dir",           # the original sort_and_group.py and train.py: it names a folder
+    "--out": "--output_file",                # Needle_test/vis.py, bench/bench_sp_memory.py
+}
+
 
 class UserError(Exception):
     """A mistake the user can fix (missing file, bad flag, malformed input): no traceback, exit 2."""
@@ -55,7 +67,9 @@ def _build_parser(dataclass_types, doc: str | None, aliases: dict[str, str] | No
     parser = _Parser(dataclass_types, description=doc, formatter_class=_HelpFormatter, add_help=False,
                      allow_abbrev=False)
     parser.add_argument("-h", "--help", action="store_true", help="show this message and exit")
-    for alias, flag in (aliases or {}).items():
+    shared = {a: f for a, f in VOCABULARY_ALIASES.items()
+              if f in parser._option_string_actions and a not in parser._option_string_actions}
+    for alias, flag in (shared | (aliases or {})).items():
         action = parser._option_string_actions.get(flag)
         if action is None:
             raise ValueError(f"alias {alias} names an unknown flag {flag}")
@@ -71,6 +85,7 @@ def _unknown(parser, extra: list[str]) -> UserError:
     if not arg.startswith("-"):
         return UserError(f"unexpected argument {arg!r}: every value follows its flag (see --help)")
     near = difflib.get_close_matches(arg, flags, n=1, cutoff=0.6)
+    near = [parser._option_string_actions[f].option_strings[0] for f in near]  # the flag's name, not an alias
     hint = f" (did you mean {near[0]}?)" if near else "; see --help for the flags"
     return UserError(f"unrecognized argument {arg}{hint}")
 
@@ -101,7 +116,7 @@ def parse_args(dataclass_types, argv=None, default_config: str | Path | None = N
         action.required = False
     early, extra = parser.parse_known_args(argv)
     if early.config:
-        config = read_config(Path(early.config), parser, aliases)
+        config = read_config(Path(early.config), parser, VOCABULARY_ALIASES | (aliases or {}))
         parser.set_defaults(**config)
         required = [a for a in required if a.dest not in config]
     for action in required:
@@ -139,9 +154,10 @@ def read_config(path: Path, parser, aliases: dict[str, str] | None = None) -> di
         raise UserError(f"{path} is not valid YAML ({str(e).splitlines()[0]}); fix the file") from None
     if not isinstance(values, dict):
         raise UserError(f"{path} must be a mapping of flag names to values; fix the file")
-    renamed = {old.lstrip("-"): new.lstrip("-") for old, new in (aliases or {}).items()}
-    values = {renamed.get(k, k): v for k, v in values.items()}  # a config written with an older name
     known = {a.dest for a in parser._actions}
+    renamed = {old.lstrip("-"): new.lstrip("-") for old, new in (aliases or {}).items()}
+    values = {renamed[k] if k not in known and renamed.get(k) in known else k: v  # a key with an older name
+              for k, v in values.items()}
     unknown = sorted(set(values) - known)
     if unknown:
         raise UserError(f"{path} has unknown key(s) {', '.join(unknown)}; use the script's flag names (see --help)")

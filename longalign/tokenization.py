@@ -259,8 +259,7 @@ class BuildArgs:
 
 def main(argv=None):
     return run_main(lambda a: write_folder(*parse_args(
-        (BuildArgs,), a, doc=__doc__, aliases={"--out_dir": "--output_dir"},
-        positional=("--model_file", "--output_dir"))), argv)
+        (BuildArgs,), a, doc=__doc__, positional=("--model_file", "--output_dir"))), argv)
 
 
 def write_folder(args: BuildArgs) -> None:

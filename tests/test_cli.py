@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # script -> (a misspelled flag, the flag it should suggest)
 SCRIPTS = {
-    "pre_tokenize.py": ("--modle", "--model"),
+    "pre_tokenize.py": ("--modle", "--model_name_or_path"),
     "sort_and_group.py": ("--grup_size", "--group_size"),
     "train.py": ("--bach_method", "--batch_method"),
     "scripts/download_data.py": ("--sharegtp", "--sharegpt"),
@@ -73,7 +73,7 @@ def test_misspelled_flag_is_one_line_with_the_flag_meant(script, monkeypatch, ca
 
 def test_missing_required_flag_is_one_line(monkeypatch, capsys):
     assert run_script("sort_and_group.py", monkeypatch=monkeypatch) == 2
-    assert capsys.readouterr().err.strip() == "error: --train_file is required (see --help)"
+    assert capsys.readouterr().err.strip() == "error: --train_dir is required (see --help)"
 
 
 def test_help_shows_the_config_files_values(tmp_path, monkeypatch, capsys):
