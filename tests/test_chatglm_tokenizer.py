@@ -243,4 +243,4 @@ def test_remote_code_failures_are_one_sentence(broken_folder, tmp_path, capsys):
         pre_tokenize.main(["--model", str(broken_folder), "--trust_remote_code", "--template", "llama",
                            "--long_file", str(tmp_path / "x.jsonl"), "--short_file", "", "--out_dir", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()
-    assert e.value.code == 2 and len(err) == 1 and err[0].startswith(f"--model {broken_folder}: the tokenizer code")
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith(f"--model_name_or_path {broken_folder}: the tokenizer code")
