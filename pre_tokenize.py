@@ -27,7 +27,6 @@ import json
 import multiprocessing
 import os
 import random
-import sys
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,7 +36,7 @@ from jinja2 import TemplateError
 from tqdm import tqdm
 
 from longalign import chat, packing, tokenization
-from longalign.scriptargs import UserError, parse_args, run_main
+from longalign.scriptargs import UserError, fail, parse_args, run_main
 from longalign.store import StoreWriter
 
 
@@ -85,12 +84,6 @@ class Args:
         self.datanum_count = parse_datanum(self.datanum)
         if self.output_dir is None:
             self.output_dir = str(Path("data") / Path(self.model_name_or_path).name / self.datanum)
-
-
-def fail(sentence: str) -> None:
-    """A user error: one sentence as the last line printed, exit code 2, no traceback."""
-    print(sentence, file=sys.stderr)
-    sys.exit(2)
 
 
 def parse_datanum(value: str) -> int | None:

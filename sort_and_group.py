@@ -15,7 +15,6 @@ Outputs (into the same folder, read by train.py through longalign/packing.py):
 """
 
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from longalign import packing
-from longalign.scriptargs import parse_args, run_main
+from longalign.scriptargs import fail, parse_args, run_main
 from longalign.store import TokenizedStore, write_json
 
 
@@ -47,12 +46,6 @@ class Args:
     def __post_init__(self):
         if self.group_size < 1 or self.max_length < 1:
             fail(f"--group_size {self.group_size} and --max_length {self.max_length} must be positive.")
-
-
-def fail(sentence: str) -> None:
-    """A user error: one sentence as the last line printed, exit code 2, no traceback."""
-    print(sentence, file=sys.stderr)
-    sys.exit(2)
 
 
 def pack_figures(lengths: np.ndarray, packs: list[list[int]], max_length: int) -> dict:

@@ -103,6 +103,8 @@ class DataArguments:
 class LongAlignTrainingArguments(TrainingArguments):
     """transformers' TrainingArguments with defaults that cannot hurt this recipe (the paper's hyperparameters
     stay in scripts/paper_setup.sh): the generic ones are traps here."""
+    output_dir: str = field(metadata={  # required: transformers would write into ./trainer_output
+        "help": "the run folder: run_config.json, the checkpoints, the final model and its tokenizer"})
     per_device_train_batch_size: int = field(default=1, metadata={
         "help": "sequences (naive, sort) or packs (pack) per device per micro-step; 1 as in the paper: the "
                 "generic 8 would put eight 64k packs in one row, out of memory on the first step"})
@@ -337,16 +339,14 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: TrainingArgu
     from longalign.store import TokenizedStore
 
     # 1. inputs: the model's config, the store, the plan, the schedule (errors before anything is written or loaded)
-    if not args.output_dir:  # transformers would write into ./trainer_output
-        raise UserError("--output_dir is required: the folder for run_config.json, the checkpoints and the model")
+    if args.remove_unused_columns:
+        raise UserError("--remove_unused_columns true would drop the batches' loss_weights and cu_seqlens, which "
+                        "the model takes: leave it false")
     model_config(model_args.model_name_or_path)
     if not (Path(data_args.train_dir) / "meta.json").is_file():
         raise UserError(f"--train_dir {data_args.train_dir} has no meta.json: run pre_tokenize.py "
                         f"--output_dir {data_args.train_dir} first")
     store = TokenizedStore(data_args.train_dir)
-    if args.remove_unused_columns:
-        raise UserError("--remove_unused_columns true would drop the batches' loss_weights and cu_seqlens, which "
-                        "the model takes: leave it false")
     schedule = build_schedule(data_args, args, store)
     resume = find_resume_checkpoint(args)
     output_dir = Path(args.output_dir)

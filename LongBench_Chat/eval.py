@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: find longalign/
 from longalign.generation import TEMPLATES, Generator, JsonlTable, truncate_text_middle  # noqa: E402
-from longalign.judge import judge, make_client  # noqa: E402
+from longalign.judge import api_key, judge, make_client  # noqa: E402
 from longalign.scriptargs import UserError, parse_args, run_main  # noqa: E402
 
 JUDGE_SYSTEM_PROMPT = "You are an impartial, careful grader of answers to questions about long documents."
@@ -256,10 +256,12 @@ def main(argv=None):
     (args,) = parse_args(Args, argv)
     out = Path(args.output_dir)
     cases, shots, template = load_data(Path(args.data_dir), args.lang)
-    out.mkdir(parents=True, exist_ok=True)
     predictions = JsonlTable(out / "predictions.jsonl", key=lambda r: r["idx"])
     judgements = JsonlTable(out / "judgements.jsonl", key=lambda r: (r["idx"], r["run"]),
                             keep=(lambda r: r["score"] is not None) if args.retry_failed else None)
+    if args.do_judge and any((c["idx"], r) not in judgements for c in cases for r in range(args.judge_runs)):
+        api_key(", or pass --do_judge false to generate the answers only")  # before hours of generation
+    out.mkdir(parents=True, exist_ok=True)
     check_settings(out, args, len(predictions) > 0, len(judgements) > 0)
     print(f"LongBench-Chat: {len(cases)} cases (--lang {args.lang}) from {args.data_dir}")
 

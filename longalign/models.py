@@ -12,7 +12,7 @@ from pathlib import Path
 
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedConfig
 
-from longalign.scriptargs import UserError
+from longalign.scriptargs import UserError, missing_path
 
 LLAMA_FAMILY = ("llama", "mistral", "qwen2")
 
@@ -23,7 +23,7 @@ def model_config(path_or_id) -> dict:
     path, fix = Path(path_or_id), "pass a model folder (config.json + weights) or a hub id"
     if path.is_dir() and not (path / "config.json").is_file():
         raise UserError(f"--model_name_or_path {path_or_id} has no config.json; {fix}")
-    if not path.exists() and (path.is_absolute() or str(path_or_id).startswith(".") or len(path.parts) > 2):
+    if missing_path(path_or_id):
         raise UserError(f"--model_name_or_path {path_or_id} does not exist; {fix}")  # a path, not a hub id
     try:
         return PreTrainedConfig.get_config_dict(str(path_or_id))[0]

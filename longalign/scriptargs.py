@@ -20,6 +20,7 @@ import difflib
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import yaml
 
@@ -164,6 +165,13 @@ def read_config(path: Path, parser, aliases: dict[str, str] | None = None) -> di
     return values
 
 
+def missing_path(name_or_path) -> bool:
+    """A model or tokenizer argument that is written as a path (absolute, ./ or ../, or deeper than org/name)
+    and does not exist: say so, rather than pass it on as a hub id and print the hub's complaint about it."""
+    path = Path(str(name_or_path))
+    return not path.exists() and (path.is_absolute() or str(name_or_path).startswith(".") or len(path.parts) > 2)
+
+
 def comma_list(value, cast=int, name: str = "value") -> list:
     """A list from YAML (already a list) or from a flag ("1000,4000")."""
     items = value if isinstance(value, list | tuple) else [v for v in str(value).split(",") if v.strip()]
@@ -173,10 +181,15 @@ def comma_list(value, cast=int, name: str = "value") -> list:
         raise UserError(f"--{name} must be a comma-separated list of {cast.__name__}, got {value!r}") from None
 
 
+def fail(sentence: str) -> NoReturn:
+    """A user error: one line on stderr ("error: ..."), exit code 2, no traceback."""
+    print(f"error: {sentence}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def run_main(main: Callable[[list[str] | None], object], argv=None):
     """Call main(argv); a UserError becomes one line on stderr and exit code 2."""
     try:
         return main(argv)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        fail(str(e))

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Literal
 
 from longalign.chat import MODEL_ALIASES
-from longalign.scriptargs import UserError, parse_args, run_main
+from longalign.scriptargs import UserError, missing_path, parse_args, run_main
 
 CHATGLM_SPECIAL_TOKENS = ("[MASK]", "[gMASK]", "[sMASK]", "sop", "eop",
                           "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>")
@@ -194,6 +194,8 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     """The tokenizer of a checkpoint folder, a hub id or an alias (`chatglm`, `llama`); see the module
     docstring. Raises UserError with one sentence that names the fix when none can be loaded."""
     path = MODEL_ALIASES.get(name_or_path, name_or_path)
+    if missing_path(path):
+        raise UserError(f"{name_or_path} does not exist; pass a local folder with a tokenizer, or a hub id")
     config_file = _file(path, "tokenizer_config.json")
     try:
         config = json.loads(Path(config_file).read_text(encoding="utf-8")) if config_file else {}

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the longalign package
 from longalign import chat  # noqa: E402
-from longalign.scriptargs import parse_args, run_main  # noqa: E402
+from longalign.scriptargs import fail, parse_args, run_main  # noqa: E402
 
 
 @dataclass
@@ -46,11 +46,6 @@ class Args:
     split_max_chars: int = field(default=0, metadata={
         "help": "split ShareGPT conversations longer than this many characters at round boundaries; 0: never "
                 "(the 64k window holds nearly all of them and pre_tokenize.py middle-truncates the rest)"})
-
-
-def fail(sentence: str) -> None:
-    print(sentence, file=sys.stderr)
-    sys.exit(2)
 
 
 def read_rows(source: str, split: str, data_files: str | None = None):
