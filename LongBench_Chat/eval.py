@@ -32,10 +32,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: find longalign/
-from longalign.generation import TEMPLATES, Generator, JsonlTable, truncate_text_middle  # noqa: E402
-from longalign.judge import api_key, judge, make_client  # noqa: E402
-from longalign.scriptargs import UserError, parse_args, run_main  # noqa: E402
+from longalign.generation import TEMPLATES, Generator, JsonlTable, truncate_text_middle
+from longalign.judge import api_key, judge, make_client
+from longalign.scriptargs import UserError, parse_args, run_main
 
 JUDGE_SYSTEM_PROMPT = "You are an impartial, careful grader of answers to questions about long documents."
 

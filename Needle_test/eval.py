@@ -21,17 +21,15 @@ score or failure, scorer, judge_reply) and <output_dir>/summary.json (mean, per-
 
 import json
 import re
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: find longalign/
-from longalign.generation import JsonlTable, read_jsonl  # noqa: E402
-from longalign.judge import judge, make_client  # noqa: E402
-from longalign.scriptargs import UserError, parse_args, run_main  # noqa: E402
+from longalign.generation import JsonlTable, read_jsonl
+from longalign.judge import judge, make_client
+from longalign.scriptargs import UserError, parse_args, run_main
 
 CONFIG = Path(__file__).with_name("config-eval.yaml")
 

@@ -14,15 +14,13 @@ context_length, depth_percent, context_tokens, prompt_tokens, prediction, needle
 model, template.
 """
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: find longalign/
-from longalign.generation import TEMPLATES, Generator, JsonlTable, read_jsonl  # noqa: E402
-from longalign.scriptargs import UserError, parse_args, run_main  # noqa: E402
+from longalign.generation import TEMPLATES, Generator, JsonlTable, read_jsonl
+from longalign.scriptargs import UserError, parse_args, run_main
 
 CONFIG = Path(__file__).with_name("config-pred.yaml")
 

@@ -25,17 +25,15 @@ retrieval_question; <output_dir>/meta.json with the settings.
 
 import json
 import math
-import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: find longalign/
-from longalign import synthetic  # noqa: E402
-from longalign.scriptargs import UserError, comma_list, parse_args, run_main  # noqa: E402
-from longalign.tokenization import load_tokenizer  # noqa: E402
+from longalign import synthetic
+from longalign.scriptargs import UserError, comma_list, parse_args, run_main
+from longalign.tokenization import load_tokenizer
 
 CONFIG = Path(__file__).with_name("config-prompt.yaml")
 TERMINATORS = (".", "!", "?", "。", "！", "？")

@@ -7,13 +7,11 @@ Inputs: scores.jsonl from eval.py. Output: a PNG (matplotlib, Agg backend: no di
 mean score is printed and written in the title.
 """
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: find longalign/
-from longalign.generation import read_jsonl  # noqa: E402
-from longalign.scriptargs import parse_args, run_main  # noqa: E402
+from longalign.generation import read_jsonl
+from longalign.scriptargs import parse_args, run_main
 
 # The original's colours: red (1) -> yellow -> green (10).
 COLOURS = ["#F0496E", "#EBB839", "#0CD79F"]

@@ -22,22 +22,18 @@ constant. Prints the times, the ratios naive/sort and naive/pack beside the pape
 """
 
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import numpy as np
+import torch
+from tqdm import tqdm
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from longalign import synthetic  # noqa: E402
-from longalign.batches import Collator, SlotDataset  # noqa: E402
-from longalign.schedule import Schedule  # noqa: E402
-from longalign.scriptargs import parse_args, run_main  # noqa: E402
+from longalign import synthetic
+from longalign.batches import Collator, SlotDataset
+from longalign.schedule import Schedule
+from longalign.scriptargs import parse_args, run_main
 
 # Paper Figure 5: hours on 8 x A800 for (naive, pack, sort)
 PAPER = {"ChatGLM3-6B-64k": (45.4, 20.5, 19.1), "Llama-2-7B-64k": (67.2, 23.4, 23.3),

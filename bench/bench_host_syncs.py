@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 from longalign.scriptargs import parse_args, run_main  # noqa: E402
 
 

@@ -12,14 +12,11 @@ million sequences of the same shape.
 """
 
 import math
-import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from longalign import packing  # noqa: E402
-from longalign.scriptargs import parse_args, run_main  # noqa: E402
+from longalign import packing
+from longalign.scriptargs import parse_args, run_main
 
 
 @dataclass

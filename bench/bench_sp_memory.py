@@ -32,16 +32,12 @@ import copy
 import json
 import os
 import socket
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from longalign.scriptargs import parse_args, run_main  # noqa: E402
+from longalign.scriptargs import parse_args, run_main
 
 GB = 1e9
 DEVICE_MEMORY = 80 * GB

@@ -31,14 +31,11 @@ from pathlib import Path
 import numpy as np
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
-ROOT = Path(__file__).resolve().parents[1]
-import sys  # noqa: E402
 
-sys.path.insert(0, str(ROOT))
-import pre_tokenize  # noqa: E402
-from longalign import chat, synthetic  # noqa: E402
-from longalign.scriptargs import UserError, parse_args, run_main  # noqa: E402
-from longalign.tokenization import load_tokenizer  # noqa: E402
+import pre_tokenize
+from longalign import chat, synthetic
+from longalign.scriptargs import UserError, parse_args, run_main
+from longalign.tokenization import load_tokenizer
 
 START, END = "<|answer_start|>", "<|answer_end|>"
 

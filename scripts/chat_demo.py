@@ -18,9 +18,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: find longalign/
-from longalign.generation import TEMPLATES, Generator, truncate_text_middle  # noqa: E402
-from longalign.scriptargs import UserError, parse_args, run_main  # noqa: E402
+from longalign.generation import TEMPLATES, Generator, truncate_text_middle
+from longalign.scriptargs import UserError, parse_args, run_main
 
 
 @dataclass

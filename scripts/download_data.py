@@ -21,16 +21,14 @@ characters (the system turn repeated in each part). Every drop is counted and pr
 """
 
 import json
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the longalign package
-from longalign import chat  # noqa: E402
-from longalign.scriptargs import fail, parse_args, run_main  # noqa: E402
+from longalign import chat
+from longalign.scriptargs import fail, parse_args, run_main
 
 
 @dataclass
