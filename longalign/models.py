@@ -4,8 +4,9 @@
     llama, mistral, qwen2   -> modeling_llama.LlamaForCausalLM (packed attention + loss weights)
     anything else           -> transformers.AutoModelForCausalLM (no cu_seqlens / loss_weights)
 
-The model files live at the repository root (users edit them), so the root must be importable:
-it is when a root script (train.py, the evaluation scripts) runs, and in the tests.
+The model files live at the repository root (users edit them); they import as top-level modules through
+the editable install (pyproject.toml, scripts/setup_env.sh) or PYTHONPATH. model_config(path) reads only
+config.json, so scripts check a model argument before they write or load anything.
 """
 
 from pathlib import Path
