@@ -353,7 +353,10 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: TrainingArgu
     if args.should_save:
         shutil.rmtree(output_dir / STAGING, ignore_errors=True)  # a half-written checkpoint of a killed run
         previous = output_dir / "run_config.json"
-        if resume and previous.is_file() and json.loads(previous.read_text())["data"] != asdict(data_args):
+        before = json.loads(previous.read_text())["data"] if resume and previous.is_file() else None
+        if before and "train_file" in before:  # a run_config.json from before --train_file became --train_dir
+            before["train_dir"] = before.pop("train_file")
+        if before and before != asdict(data_args):
             print(f"[train] warning: the data arguments differ from those in {previous}: the resumed run "
                   f"will not continue the same data order", flush=True)
         write_run_config(output_dir / "run_config.json", model_args, data_args, args, resume)
