@@ -5,15 +5,15 @@ short data (ShareGPT), every conversation is formatted and tokenized with only t
 (and the EOS ending each answer) as targets, and the store is written in a seeded shuffled order.
 
 Run as:
-    python pre_tokenize.py --model chatglm --datanum 10k                  # the paper's ChatGLM3-6B-64k data
-    python pre_tokenize.py --model llama --datanum 10k --max_length 65536  # Llama-2-7B-64k
-    python pre_tokenize.py --model Qwen/Qwen2.5-7B --template chat_template --datanum all
+    python pre_tokenize.py --model_name_or_path chatglm --datanum 10k                  # the paper's ChatGLM3-6B-64k data
+    python pre_tokenize.py --model_name_or_path llama --datanum 10k --max_length 65536  # Llama-2-7B-64k
+    python pre_tokenize.py --model_name_or_path Qwen/Qwen2.5-7B --template chat_template --datanum all
 
 Inputs:
     --long_file, --short_file   JSONL, one conversation per line: {"messages": [{"role", "content"}]} or
                                 ShareGPT's {"conversations": [{"from", "value"}]} (both are read)
-    --model                     a tokenizer: `chatglm`/`llama` (the paper's base models), a hub id or a folder
-Outputs (--out_dir, default data/<model>/<datanum>/, read by sort_and_group.py and train.py):
+    --model_name_or_path        a tokenizer: `chatglm`/`llama` (the paper's base models), a hub id or a folder
+Outputs (--output_dir, default data/<model>/<datanum>/, read by sort_and_group.py and train.py):
     input_ids.bin, targets.bin, lengths.npy, num_targets.npy   the store (longalign/store.py)
     meta.json   tokenizer, template, max_length, ids, seed, datanum and the accounting of every line:
                 kept + sum(skipped.values()) == lines_read
@@ -27,7 +27,6 @@ import json
 import multiprocessing
 import os
 import random
-import sys
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,13 +36,13 @@ from jinja2 import TemplateError
 from tqdm import tqdm
 
 from longalign import chat, packing, tokenization
-from longalign.scriptargs import UserError, parse_args, run_main
+from longalign.scriptargs import UserError, fail, parse_args, run_main
 from longalign.store import StoreWriter
 
 
 @dataclass
 class Args:
-    model: str = field(default="chatglm", metadata={
+    model_name_or_path: str = field(default="chatglm", metadata={
         "help": "tokenizer to use: `chatglm` or `llama` (aliases of the paper's THUDM/LongAlign-6B-64k-base "
                 "and THUDM/LongAlign-7B-64k-base), a hub id or a local folder; only the tokenizer is loaded"})
     template: str | None = field(default=None, metadata={
@@ -55,7 +54,8 @@ class Args:
     short_file: str = field(default="data/raw/sharegpt.jsonl", metadata={
         "help": "short conversations (ShareGPT), all used; empty string for none"})
     max_length: int = field(default=65536, metadata={"help": "longest sequence in tokens (64k in the paper)"})
-    out_dir: str | None = field(default=None, metadata={"help": "output folder; default data/<model>/<datanum>"})
+    output_dir: str | None = field(default=None, metadata={
+        "help": "output folder; default data/<the model's last path part>/<datanum>"})
     seed: int = field(default=42, metadata={"help": "seed of the datanum choice and of the store's order"})
     num_proc: int = field(default=1, metadata={
         "help": "tokenizer worker processes; 1 tokenizes in this process with the fast tokenizer's threads"})
@@ -74,7 +74,7 @@ class Args:
 
     def __post_init__(self):
         if self.template is None:
-            self.template = chat.default_template(self.model)
+            self.template = chat.default_template(self.model_name_or_path)
         if self.template not in chat.TEMPLATES:
             fail(f"--template {self.template} is unknown: use one of {', '.join(chat.TEMPLATES)}.")
         if self.truncation not in ("middle", "drop"):
@@ -82,14 +82,8 @@ class Args:
         if self.max_length < 64:
             fail(f"--max_length {self.max_length} is too small: use at least 64 tokens.")
         self.datanum_count = parse_datanum(self.datanum)
-        if self.out_dir is None:
-            self.out_dir = str(Path("data") / Path(self.model).name / self.datanum)
-
-
-def fail(sentence: str) -> None:
-    """A user error: one sentence as the last line printed, exit code 2, no traceback."""
-    print(sentence, file=sys.stderr)
-    sys.exit(2)
+        if self.output_dir is None:
+            self.output_dir = str(Path("data") / Path(self.model_name_or_path).name / self.datanum)
 
 
 def parse_datanum(value: str) -> int | None:
@@ -279,15 +273,15 @@ def tokenize_batch(job: tuple[str, list[tuple[int, int]]]) -> list[tuple]:
 def load_tokenizer(args: Args):
     """(what to record as the tokenizer in meta.json, the tokenizer): longalign.tokenization.load_tokenizer,
     so ChatGLM3 checkpoints need no remote code and every failure is one sentence."""
-    path = chat.MODEL_ALIASES.get(args.model, args.model)
+    path = chat.MODEL_ALIASES.get(args.model_name_or_path, args.model_name_or_path)
     try:
-        tok = tokenization.load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
+        tok = tokenization.load_tokenizer(args.model_name_or_path, trust_remote_code=args.trust_remote_code)
     except UserError as e:
-        fail(f"--model {e}")
+        fail(f"--model_name_or_path {e}")
     if args.template == "chat_template" and not getattr(tok, "chat_template", None):
-        fail(f"--model {args.model}: the tokenizer has no chat template; pass --template chatglm or llama.")
+        fail(f"--model_name_or_path {args.model_name_or_path}: the tokenizer has no chat template; pass --template chatglm or llama.")
     if tok.eos_token_id is None:
-        fail(f"--model {args.model}: the tokenizer has no EOS token, which ends every answer; pick another.")
+        fail(f"--model_name_or_path {args.model_name_or_path}: the tokenizer has no EOS token, which ends every answer; pick another.")
     return path, tok
 
 
@@ -328,10 +322,10 @@ def main(argv=None) -> dict:
                 origin.append(source)
     settings = {k: getattr(args, k) for k in ("template", "max_length", "truncation", "max_chars_per_token")}
     settings["prefix"] = chat.special_prefix(tok) if args.template != "chat_template" else []
-    init = (args.model, args.trust_remote_code, settings)
+    init = (args.model_name_or_path, args.trust_remote_code, settings)
     for stale in (packing.SORT_PLAN, packing.PACK_PLAN, "stats.json"):  # plans of an older store here
-        (Path(args.out_dir) / stale).unlink(missing_ok=True)
-    writer = StoreWriter(args.out_dir, len(tok))
+        (Path(args.output_dir) / stale).unlink(missing_ok=True)
+    writer = StoreWriter(args.output_dir, len(tok))
     for source in files:
         stats[source].update(kept=0, truncated=0, num_tokens=0, num_target_tokens=0)
     _worker.update(settings, tokenizer=tok)
@@ -383,7 +377,7 @@ def main(argv=None) -> dict:
     })
     print(f"pre_tokenize: read {meta['lines_read']} lines, kept {meta['kept']} "
           f"({meta['truncated']} truncated), skipped {sum(skipped.values())} {dict(skipped)}; "
-          f"{meta['num_tokens']:,} tokens ({meta['num_target_tokens']:,} targets) -> {args.out_dir}")
+          f"{meta['num_tokens']:,} tokens ({meta['num_target_tokens']:,} targets) -> {args.output_dir}")
     return meta
 
 

@@ -1,10 +1,10 @@
 """Plan the batches of a tokenized store: sorted groups (`sort`) and packs dealt into steps (`pack`).
 
 Run as:
-    python sort_and_group.py --train_file data/chatglm/10k --group_size 8 --max_length 65536 [--balance]
+    python sort_and_group.py --train_dir data/chatglm/10k --group_size 8 --max_length 65536 [--balance]
 
 Inputs:
-    --train_file   a store folder written by pre_tokenize.py (meta.json, lengths.npy, ...)
+    --train_dir    a store folder written by pre_tokenize.py (meta.json, lengths.npy, ...)
 Outputs (into the same folder, read by train.py through longalign/packing.py):
     sort_plan.npz  sequences sorted by length, cut into groups of K (one per device of a step), the groups
                    shuffled with the seed, the last group possibly smaller; nothing dropped
@@ -15,7 +15,6 @@ Outputs (into the same folder, read by train.py through longalign/packing.py):
 """
 
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,13 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from longalign import packing
-from longalign.scriptargs import parse_args, run_main
+from longalign.scriptargs import fail, parse_args, run_main
 from longalign.store import TokenizedStore, write_json
 
 
 @dataclass
 class Args:
-    train_file: str = field(metadata={"help": "store folder written by pre_tokenize.py"})
+    train_dir: str = field(metadata={"help": "store folder written by pre_tokenize.py"})
     group_size: int = field(default=8, metadata={
         "help": "K: sequences (sort) or packs (pack) per step, one per device; 8 GPUs in the paper. With "
                 "train.py --sequence_parallel_size N the N devices of a group share one: K = GPUs / N"})
@@ -49,12 +48,6 @@ class Args:
             fail(f"--group_size {self.group_size} and --max_length {self.max_length} must be positive.")
 
 
-def fail(sentence: str) -> None:
-    """A user error: one sentence as the last line printed, exit code 2, no traceback."""
-    print(sentence, file=sys.stderr)
-    sys.exit(2)
-
-
 def pack_figures(lengths: np.ndarray, packs: list[list[int]], max_length: int) -> dict:
     num_tokens = int(lengths.sum())
     return {"num_packs": len(packs), "fill": num_tokens / (len(packs) * max_length) if packs else 0.0,
@@ -64,13 +57,13 @@ def pack_figures(lengths: np.ndarray, packs: list[list[int]], max_length: int) -
 def main(argv=None) -> dict:
     (args,) = run_main(lambda a: parse_args((Args,), a), argv)  # bad flags: one line, exit 2
     try:
-        store = TokenizedStore(args.train_file)
+        store = TokenizedStore(args.train_dir)
     except (FileNotFoundError, ValueError) as e:
-        fail(f"--train_file: {e}")
+        fail(f"--train_dir: {e}")
     lengths, K, L = store.lengths, args.group_size, args.max_length  # lengths: int64 (n,)
     cost = {"num_targets": store.num_target_tokens, "l0": args.attention_length, "r": args.target_cost}
     if len(lengths) and lengths.max() > L:
-        fail(f"--train_file {args.train_file} holds a sequence of {lengths.max()} tokens, longer than "
+        fail(f"--train_dir {args.train_dir} holds a sequence of {lengths.max()} tokens, longer than "
              f"--max_length {L}: re-run pre_tokenize.py with --max_length {L}.")
     timings = {}
 
@@ -115,7 +108,7 @@ def main(argv=None) -> dict:
           f"{stats['mean_sequences_per_pack']:.1f} seq/pack; next-fit {len(nf_packs)} packs, fill "
           f"{stats['next_fit']['fill']:.4f}) in {len(steps[args.balance])} steps; predicted idle "
           f"{idle['pack_balance' if args.balance else 'pack']:.1%} (balance {idle['pack_balance']:.1%}, "
-          f"unbalanced {idle['pack']:.1%}) -> {Path(args.train_file) / 'stats.json'}")
+          f"unbalanced {idle['pack']:.1%}) -> {Path(args.train_dir) / 'stats.json'}")
     return stats
 
 

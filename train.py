@@ -2,24 +2,26 @@
 and the loss of every optimizer step computed exactly (paper Eq. 2-4) on 1 or N devices.
 
 Run as:
-    python train.py --model_name_or_path MODEL --train_file data/<model>/<datanum> --output_dir OUT \\
+    python train.py --model_name_or_path MODEL --train_dir data/<model>/<datanum> --output_dir OUT \\
         --batch_method naive|sort|pack [--pack_loss] [--loss_reduction sequence|token] [--balance]
         [--sequence_parallel_size N] ...
     torchrun --nproc_per_node 8 train.py ... --deepspeed ds_config/stage3.json      (one node)
     deepspeed --hostfile hostfile train.py ... --deepspeed ds_config/stage3.json   (several nodes)
-Every transformers.TrainingArguments flag works (--learning_rate, --warmup_steps 0.03, --bf16, ...);
-scripts/train_*.sh hold the paper's rows.
+Every transformers.TrainingArguments flag works (--learning_rate, --warmup_steps 0.03, --bf16, ...), with
+the generic defaults that are traps here changed (LongAlignTrainingArguments): --per_device_train_batch_size 1,
+--logging_steps 1, --remove_unused_columns false. scripts/train_*.sh hold the paper's rows.
 
 Inputs:
     --model_name_or_path  a Llama-family or ChatGLM checkpoint (longalign.models.load_model picks the file)
-    --train_file          a folder from pre_tokenize.py (meta.json + store) and, for sort/pack,
+    --train_dir           a folder from pre_tokenize.py (meta.json + store) and, for sort/pack,
                           sort_and_group.py --group_size K (K = world size / N x per-device batch)
 Outputs (in --output_dir):
     run_config.json       resolved arguments, package versions, hardware (written at every start)
     checkpoint-N/         written atomically (staged, then renamed); re-running the same command resumes
                           from the last one, --resume_from_checkpoint picks one
     model.safetensors + config.json + tokenizer   the final model, consolidated also under ZeRO-3
-    one line per logged step on stdout: "[train] step S/T loss .. lr .. seqs .. target_tokens .. tokens/s .."
+    one line per logged step on stdout: "[train] step S/T loss .. lr .. seqs .. target_tokens .. tokens/s ..",
+    then "[train] summary: train_runtime .." and "[train] done: ..."; the progress bar (stderr) stays below them
 
 How the loss is owned. longalign/schedule.py gives every target token the weight w_t of Eq. 2, 3 or 4
 computed from the totals of its WHOLE optimizer step (all ranks, all micro-batches, read from the store
@@ -46,7 +48,7 @@ import numpy as np
 import torch
 import transformers
 from tqdm.auto import tqdm
-from transformers import Trainer, TrainingArguments
+from transformers import PrinterCallback, ProgressCallback, Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint, rotate_checkpoints
 
 from longalign.batches import Collator, ScheduleSampler, SlotDataset
@@ -72,7 +74,7 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    train_file: str = field(metadata={"help": "folder written by pre_tokenize.py (+ sort_and_group.py for sort/pack)"})
+    train_dir: str = field(metadata={"help": "folder written by pre_tokenize.py (+ sort_and_group.py for sort/pack)"})
     batch_method: Literal["naive", "sort", "pack"] = field(
         default="naive", metadata={"help": "naive: shuffled sequences; sort: the sort plan's groups of similar "
                                            "length; pack: the pack plan's packs, one row each (paper §3.3)"})
@@ -97,18 +99,34 @@ class DataArguments:
                             f"{self.batch_method}: drop them or use --batch_method pack")
 
 
+@dataclass
+class LongAlignTrainingArguments(TrainingArguments):
+    """transformers' TrainingArguments with defaults that cannot hurt this recipe (the paper's hyperparameters
+    stay in scripts/paper_setup.sh): the generic ones are traps here."""
+    output_dir: str = field(metadata={  # required: transformers would write into ./trainer_output
+        "help": "the run folder: run_config.json, the checkpoints, the final model and its tokenizer"})
+    per_device_train_batch_size: int = field(default=1, metadata={
+        "help": "sequences (naive, sort) or packs (pack) per device per micro-step; 1 as in the paper: the "
+                "generic 8 would put eight 64k packs in one row, out of memory on the first step"})
+    logging_steps: float = field(default=1, metadata={
+        "help": "one [train] line every N optimizer steps (a paper run has a few hundred steps; the generic "
+                "500 would show almost none)"})
+    remove_unused_columns: bool = field(default=False, metadata={
+        "help": "must stay false: the batches carry loss_weights and cu_seqlens, which the model's forward takes"})
+
+
 # ---------------------------------------------------------------------------------------------
 # Data: the store, the plan, and the schedule of every epoch
 
 def read_plan(data_args: DataArguments, store, K: int) -> dict:
-    """The sort or pack plan of --train_file, checked against K and L; a clear error when it does not fit."""
+    """The sort or pack plan of --train_dir, checked against K and L; a clear error when it does not fit."""
     from longalign import packing
 
-    folder = Path(data_args.train_file)
+    folder = Path(data_args.train_dir)
     read = packing.read_sort_plan if data_args.batch_method == "sort" else packing.read_pack_plan
     path = folder / (packing.SORT_PLAN if data_args.batch_method == "sort" else packing.PACK_PLAN)
     L = data_args.max_length or store.meta["max_length"]
-    fix = f"run `python sort_and_group.py --train_file {folder} --group_size {K} --max_length {L}" \
+    fix = f"run `python sort_and_group.py --train_dir {folder} --group_size {K} --max_length {L}" \
           f"{' --balance' if data_args.balance else ''}`"
     if not path.is_file():
         raise UserError(f"{path} does not exist (--batch_method {data_args.batch_method} needs it): {fix}")
@@ -150,6 +168,25 @@ def build_schedule(data_args: DataArguments, args: TrainingArguments, store) -> 
 # ---------------------------------------------------------------------------------------------
 # The Trainer: our data order, our loss normalisation, atomic checkpoints, one log line per step
 
+class _FinalSummaryOnly:
+    """The Trainer's own printing of its logs, kept for the final summary (train_runtime, ...): every logged step
+    already has its [train] line (LongAlignTrainer.log), and the Trainer's dict of the same step doubled it."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs and "loss" not in logs:
+            values = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in logs.items()
+                               if k != "total_flos")
+            tqdm.write(f"[train] summary: {values}", file=sys.stdout)  # above the progress bar, not through it
+
+
+class _Progress(_FinalSummaryOnly, ProgressCallback):
+    pass
+
+
+class _Printer(_FinalSummaryOnly, PrinterCallback):  # --disable_tqdm true
+    pass
+
+
 class LongAlignTrainer(Trainer):
     # The loss returned by compute_loss is already normalised over the whole optimizer step (the weights
     # hold 1/M or 1/T of the step): the Trainer must not divide it by the accumulation steps again.
@@ -157,6 +194,9 @@ class LongAlignTrainer(Trainer):
 
     def __init__(self, *args, schedule: Schedule, sampler: ScheduleSampler, **kwargs):
         super().__init__(*args, **kwargs)
+        for generic, ours in ((ProgressCallback, _Progress), (PrinterCallback, _Printer)):
+            if self.pop_callback(generic) is not None:
+                self.add_callback(ours)
         self.schedule, self.sampler = schedule, sampler
         self._staging: str | None = None
         self._log_from_step, self._log_time = 0, None  # the clock starts at the first training step
@@ -291,26 +331,32 @@ def find_resume_checkpoint(args: TrainingArguments) -> str | None:
 
 def main(argv=None) -> dict:
     """Parse the three argument groups (also from --config FILE.yaml) and train; user errors exit 2."""
-    return run_main(lambda a: run(*parse_args((ModelArguments, DataArguments, TrainingArguments), a)), argv)
+    return run_main(lambda a: run(*parse_args((ModelArguments, DataArguments, LongAlignTrainingArguments), a)), argv)
 
 
 def run(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> dict:
-    from longalign.models import load_model
+    from longalign.models import load_model, model_config
     from longalign.store import TokenizedStore
 
-    # 1. inputs: the store, the plan, the schedule (errors before anything heavy is loaded)
-    if not (Path(data_args.train_file) / "meta.json").is_file():
-        raise UserError(f"--train_file {data_args.train_file} has no meta.json: run pre_tokenize.py "
-                        f"--out_dir {data_args.train_file} first")
-    store = TokenizedStore(data_args.train_file)
-    args.remove_unused_columns = False  # our batches carry loss_weights/cu_seqlens, which the model takes
+    # 1. inputs: the model's config, the store, the plan, the schedule (errors before anything is written or loaded)
+    if args.remove_unused_columns:
+        raise UserError("--remove_unused_columns true would drop the batches' loss_weights and cu_seqlens, which "
+                        "the model takes: leave it false")
+    model_config(model_args.model_name_or_path)
+    if not (Path(data_args.train_dir) / "meta.json").is_file():
+        raise UserError(f"--train_dir {data_args.train_dir} has no meta.json: run pre_tokenize.py "
+                        f"--output_dir {data_args.train_dir} first")
+    store = TokenizedStore(data_args.train_dir)
     schedule = build_schedule(data_args, args, store)
     resume = find_resume_checkpoint(args)
     output_dir = Path(args.output_dir)
     if args.should_save:
         shutil.rmtree(output_dir / STAGING, ignore_errors=True)  # a half-written checkpoint of a killed run
         previous = output_dir / "run_config.json"
-        if resume and previous.is_file() and json.loads(previous.read_text())["data"] != asdict(data_args):
+        before = json.loads(previous.read_text())["data"] if resume and previous.is_file() else None
+        if before and "train_file" in before:  # a run_config.json from before --train_file became --train_dir
+            before["train_dir"] = before.pop("train_file")
+        if before and before != asdict(data_args):
             print(f"[train] warning: the data arguments differ from those in {previous}: the resumed run "
                   f"will not continue the same data order", flush=True)
         write_run_config(output_dir / "run_config.json", model_args, data_args, args, resume)
@@ -327,9 +373,9 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: TrainingArgu
     model = load_model(model_args.model_name_or_path, **load_kwargs)
     model.accepts_loss_kwargs = False  # no num_items_in_batch: the loss weights already normalise the step
     if store.meta.get("vocab_size", 0) > model.config.vocab_size:
-        raise UserError(f"{data_args.train_file} was tokenized with a vocabulary of {store.meta['vocab_size']} "
+        raise UserError(f"{data_args.train_dir} was tokenized with a vocabulary of {store.meta['vocab_size']} "
                         f"but {model_args.model_name_or_path} has {model.config.vocab_size}: re-run "
-                        f"pre_tokenize.py with --model {model_args.model_name_or_path}")
+                        f"pre_tokenize.py with --model_name_or_path {model_args.model_name_or_path}")
     N = data_args.sequence_parallel_size
     if N > 1:  # every attention layer trades sequence for heads around our packed attention (DeepSpeed Ulysses)
         from longalign import sequence_parallel

@@ -7,7 +7,7 @@ server), asks any OpenAI-compatible judge, and writes every step to files so a r
 the last one stopped.
 
 Run as:
-    OPENAI_API_KEY=... python LongBench_Chat/eval.py --model_path THUDM/LongAlign-7B-64k \
+    OPENAI_API_KEY=... python LongBench_Chat/eval.py --model_name_or_path THUDM/LongAlign-7B-64k \
         --data_dir data/longbench_chat --output_dir runs/lbc/longalign-7b [--judge_runs 2]
 
 Inputs (--data_dir; see LongBench_Chat/README.md for the published files):
@@ -32,17 +32,16 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: find longalign/
-from longalign.generation import TEMPLATES, Generator, JsonlTable, truncate_text_middle  # noqa: E402
-from longalign.judge import judge, make_client  # noqa: E402
-from longalign.scriptargs import UserError, parse_args, run_main  # noqa: E402
+from longalign.generation import TEMPLATES, Generator, JsonlTable, truncate_text_middle
+from longalign.judge import api_key, judge, make_client
+from longalign.scriptargs import UserError, parse_args, run_main
 
 JUDGE_SYSTEM_PROMPT = "You are an impartial, careful grader of answers to questions about long documents."
 
 
 @dataclass
 class Args:
-    model_path: str | None = field(default=None, metadata={
+    model_name_or_path: str | None = field(default=None, metadata={
         "help": "model folder or hub id (our model files for llama/chatglm types, AutoModelForCausalLM "
                 "otherwise); with --gen_base_url only its tokenizer is loaded, for truncation"})
     tokenizer: str | None = field(default=None, metadata={"help": "tokenizer folder if the model folder has none (default: the model's)"})
@@ -147,8 +146,9 @@ def load_data(data_dir: Path, lang: str) -> tuple[list[dict], list, str]:
 # 2. Settings: a re-run must use the settings the files were made with
 
 def check_settings(out: Path, args: Args, have_predictions: bool, have_judgements: bool) -> None:
-    gen = {k: getattr(args, k) for k in ("model_path", "max_length", "template", "gen_base_url", "gen_model",
-                                          "max_new_tokens", "temperature", "seed")}
+    # "model_path": the key results written before the flag was renamed carry, so their re-runs still match
+    gen = {"model_path": args.model_name_or_path} | {k: getattr(args, k) for k in (
+        "max_length", "template", "gen_base_url", "gen_model", "max_new_tokens", "temperature", "seed")}
     jud = {k: getattr(args, k) for k in ("judge_model", "shuffle_few_shots", "seed")}
     path = out / "settings.json"
     old = json.loads(path.read_text()) if path.exists() else {}
@@ -168,9 +168,9 @@ def predict(args: Args, cases: list[dict], table: JsonlTable) -> int:
     print(f"predictions: {len(cases) - len(todo)} done, {len(todo)} to generate -> {table.path}")
     if not todo:
         return 0
-    if not args.model_path:
-        raise UserError("--model_path is needed to generate (its tokenizer measures --max_length)")
-    gen = Generator(args.model_path, args.template, args.gen_base_url, args.gen_model, args.max_new_tokens,
+    if not args.model_name_or_path:
+        raise UserError("--model_name_or_path is needed to generate (its tokenizer measures --max_length)")
+    gen = Generator(args.model_name_or_path, args.template, args.gen_base_url, args.gen_model, args.max_new_tokens,
                     args.temperature, args.seed, args.trust_remote_code, tokenizer_path=args.tokenizer)
     print(f"template: {gen.template} ({gen.template_reason})")
 
@@ -255,10 +255,12 @@ def main(argv=None):
     (args,) = parse_args(Args, argv)
     out = Path(args.output_dir)
     cases, shots, template = load_data(Path(args.data_dir), args.lang)
-    out.mkdir(parents=True, exist_ok=True)
     predictions = JsonlTable(out / "predictions.jsonl", key=lambda r: r["idx"])
     judgements = JsonlTable(out / "judgements.jsonl", key=lambda r: (r["idx"], r["run"]),
                             keep=(lambda r: r["score"] is not None) if args.retry_failed else None)
+    if args.do_judge and any((c["idx"], r) not in judgements for c in cases for r in range(args.judge_runs)):
+        api_key(", or pass --do_judge false to generate the answers only")  # before hours of generation
+    out.mkdir(parents=True, exist_ok=True)
     check_settings(out, args, len(predictions) > 0, len(judgements) > 0)
     print(f"LongBench-Chat: {len(cases)} cases (--lang {args.lang}) from {args.data_dir}")
 

@@ -3,34 +3,33 @@
 Two scorers:
 - `judge`: an OpenAI-compatible LLM judge compares the answer with the needle (the reference answer)
   on a 1-10 accuracy rubric; the same client, retries, re-asks and failure counting as LongBench-Chat.
-- `match`: deterministic, offline and free: 10 if the needle's key phrase (--key_phrase; default the
-  whole needle) occurs in the answer, ignoring case and runs of whitespace, else 1.
+- `match`: deterministic, offline and free: 10 if the needle's key phrase (--key_phrase, which must be part of
+  the needle; default the whole needle of each prediction, i.e. of its prompts file) occurs in the answer,
+  ignoring case and runs of whitespace, else 1.
 
 Resumable: cells already scored are kept; failed judge cells are asked again on a re-run.
 
 Run as:
     python Needle_test/eval.py --predictions_file runs/needle/pred/predictions.jsonl --scorer match \
-        --key_phrase "temple garden" --out_dir runs/needle/pred
+        --key_phrase "temple garden" --output_dir runs/needle/pred
     (defaults come from Needle_test/config-eval.yaml; every key is also a flag; the judge's key comes
     from OPENAI_API_KEY only)
 
-Inputs: predictions.jsonl from pred.py. Outputs: <out_dir>/scores.jsonl (context_length, depth_percent,
-score or failure, scorer, judge_reply) and <out_dir>/summary.json (mean, per-length means, counts).
+Inputs: predictions.jsonl from pred.py. Outputs: <output_dir>/scores.jsonl (context_length, depth_percent,
+score or failure, scorer, judge_reply) and <output_dir>/summary.json (mean, per-length means, counts).
 """
 
 import json
 import re
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: find longalign/
-from longalign.generation import JsonlTable, read_jsonl  # noqa: E402
-from longalign.judge import judge, make_client  # noqa: E402
-from longalign.scriptargs import UserError, parse_args, run_main  # noqa: E402
+from longalign.generation import JsonlTable, read_jsonl
+from longalign.judge import judge, make_client
+from longalign.scriptargs import UserError, parse_args, run_main
 
 CONFIG = Path(__file__).with_name("config-eval.yaml")
 
@@ -52,9 +51,9 @@ Assistant's answer: {answer}
 @dataclass
 class Args:
     predictions_file: str = field(default="runs/needle/pred/predictions.jsonl", metadata={"help": "predictions.jsonl from pred.py"})
-    out_dir: str | None = field(default=None, metadata={"help": "where scores.jsonl and summary.json go (default: next to the predictions)"})
+    output_dir: str | None = field(default=None, metadata={"help": "where scores.jsonl and summary.json go (default: next to the predictions)"})
     scorer: str = field(default="judge", metadata={"help": "judge (an LLM rates 1-10) | match (key phrase found -> 10, else 1)"})
-    key_phrase: str | None = field(default=None, metadata={"help": "match scorer: the phrase that must appear (default: the needle)"})
+    key_phrase: str | None = field(default=None, metadata={"help": "match scorer: the phrase that must appear, a part of the needle (default: the whole needle of each prediction)"})
     judge_model: str = field(default="gpt-4", metadata={"help": "judge model name"})
     judge_base_url: str | None = field(default=None, metadata={"help": "judge endpoint; default OPENAI_BASE_URL, else api.openai.com"})
     judge_timeout: float = field(default=60.0, metadata={"help": "seconds before a judge request is abandoned and retried"})
@@ -76,10 +75,22 @@ def match_score(answer: str, key_phrase: str) -> int:
     return 10 if normalize(key_phrase.rstrip(".")) in normalize(answer) else 1
 
 
+def check_key_phrase(args: Args, preds: list[dict]) -> None:
+    """An explicit --key_phrase must be part of the needle the prompts hid: a phrase left from another needle
+    (the default one) would score a perfect answer 1, silently."""
+    if args.scorer != "match" or not args.key_phrase:
+        return
+    for needle in sorted({p["needle"] for p in preds}):
+        if normalize(args.key_phrase.rstrip(".")) not in normalize(needle):
+            raise UserError(f"--key_phrase {args.key_phrase!r} does not occur in the needle {needle!r} of "
+                            f"{args.predictions_file}; pass a phrase of that needle, or none to match the whole needle")
+
+
 def main(argv=None):
     (args,) = parse_args(Args, argv, default_config=CONFIG)
     preds = read_jsonl(Path(args.predictions_file), "Needle_test/pred.py")
-    out = Path(args.out_dir or Path(args.predictions_file).parent)
+    check_key_phrase(args, preds)
+    out = Path(args.output_dir or Path(args.predictions_file).parent)
     table = JsonlTable(out / "scores.jsonl", key=lambda r: (r["context_length"], r["depth_percent"]),
                        keep=lambda r: r["score"] is not None and r["scorer"] == args.scorer)
     todo = [p for p in preds if (p["context_length"], p["depth_percent"]) not in table]

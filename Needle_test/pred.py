@@ -5,34 +5,32 @@ OpenAI-compatible server (--gen_base_url). Resumable: answers already in predict
 never generated again; the file never holds two answers for one (length, depth).
 
 Run as:
-    python Needle_test/pred.py --model_path THUDM/LongAlign-7B-64k --prompts_file runs/needle/prompts/prompts.jsonl \
-        --out_dir runs/needle/longalign-7b
+    python Needle_test/pred.py --model_name_or_path THUDM/LongAlign-7B-64k --prompts_file runs/needle/prompts/prompts.jsonl \
+        --output_dir runs/needle/longalign-7b
     (defaults come from Needle_test/config-pred.yaml; every key is also a flag)
 
-Inputs: prompts.jsonl from prompt.py. Outputs: <out_dir>/predictions.jsonl, one line per prompt:
+Inputs: prompts.jsonl from prompt.py. Outputs: <output_dir>/predictions.jsonl, one line per prompt:
 context_length, depth_percent, context_tokens, prompt_tokens, prediction, needle, retrieval_question,
 model, template.
 """
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: find longalign/
-from longalign.generation import TEMPLATES, Generator, JsonlTable, read_jsonl  # noqa: E402
-from longalign.scriptargs import UserError, parse_args, run_main  # noqa: E402
+from longalign.generation import TEMPLATES, Generator, JsonlTable, read_jsonl
+from longalign.scriptargs import UserError, parse_args, run_main
 
 CONFIG = Path(__file__).with_name("config-pred.yaml")
 
 
 @dataclass
 class Args:
-    model_path: str | None = field(default=None, metadata={"help": "model folder or hub id (its tokenizer must be the one prompt.py used)"})
+    model_name_or_path: str | None = field(default=None, metadata={"help": "model folder or hub id (its tokenizer must be the one prompt.py used)"})
     tokenizer: str | None = field(default=None, metadata={"help": "tokenizer folder if the model folder has none (default: the model's)"})
     prompts_file: str = field(default="runs/needle/prompts/prompts.jsonl", metadata={"help": "prompts.jsonl from prompt.py"})
-    out_dir: str = field(default="runs/needle/pred", metadata={"help": "where predictions.jsonl goes"})
+    output_dir: str = field(default="runs/needle/pred", metadata={"help": "where predictions.jsonl goes"})
     template: str = field(default="auto", metadata={"help": "chat format: auto | chat_template | llama | chatglm | none"})
     gen_base_url: str | None = field(default=None, metadata={"help": "answer through this OpenAI-compatible server instead of in-process"})
     gen_model: str | None = field(default=None, metadata={"help": "model name served at --gen_base_url"})
@@ -42,8 +40,8 @@ class Args:
     trust_remote_code: bool = field(default=False, metadata={"help": "allow a tokenizer that is the checkpoint's own code (not needed for ChatGLM3)"})
 
     def __post_init__(self):
-        if not self.model_path:
-            raise UserError("--model_path is required (a model folder or hub id)")
+        if not self.model_name_or_path:
+            raise UserError("--model_name_or_path is required (a model folder or hub id)")
         if self.template not in TEMPLATES:
             raise UserError(f"--template {self.template} is not one of {'|'.join(TEMPLATES)}; pick one")
 
@@ -56,12 +54,12 @@ def cell(row: dict) -> tuple:
 def main(argv=None):
     (args,) = parse_args(Args, argv, default_config=CONFIG)
     prompts = read_jsonl(Path(args.prompts_file), "Needle_test/prompt.py")
-    table = JsonlTable(Path(args.out_dir) / "predictions.jsonl", key=cell)
+    table = JsonlTable(Path(args.output_dir) / "predictions.jsonl", key=cell)
     todo = [p for p in prompts if cell(p) not in table]
     print(f"needle predictions: {len(prompts) - len(todo)} done, {len(todo)} to generate -> {table.path}")
     if not todo:
         return table
-    gen = Generator(args.model_path, args.template, args.gen_base_url, args.gen_model, args.max_new_tokens,
+    gen = Generator(args.model_name_or_path, args.template, args.gen_base_url, args.gen_model, args.max_new_tokens,
                     args.temperature, args.seed, args.trust_remote_code, tokenizer_path=args.tokenizer)
     print(f"template: {gen.template} ({gen.template_reason})")
     for p in tqdm(todo, desc="needle pred"):
@@ -69,7 +67,7 @@ def main(argv=None):
         table.append({k: p[k] for k in ("context_length", "depth_percent", "context_tokens", "needle",
                                         "retrieval_question")}
                      | {"prompt_tokens": out["prompt_tokens"], "prediction": out["text"],
-                        "model": args.gen_model or args.model_path, "template": gen.template})
+                        "model": args.gen_model or args.model_name_or_path, "template": gen.template})
     return table
 
 

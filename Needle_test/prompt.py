@@ -13,29 +13,27 @@ to the start and put the needle at depth 0 for every non-ChatGLM model.
 
 Run as:
     python Needle_test/prompt.py --tokenizer THUDM/LongAlign-7B-64k --haystack_dir PaulGrahamEssays \
-        --context_lengths 1000,4000 --depth_percents 0,50,100 --out_dir runs/needle/prompts
+        --context_lengths 1000,4000 --depth_percents 0,50,100 --output_dir runs/needle/prompts
     (defaults come from Needle_test/config-prompt.yaml; every key is also a flag)
 
 Inputs: a tokenizer; --haystack_dir of .txt files read in sorted order (none given: the built-in
 synthetic haystack of longalign/synthetic.py).
-Outputs: <out_dir>/prompts.jsonl, one line per (length, depth): context_length, depth_percent,
+Outputs: <output_dir>/prompts.jsonl, one line per (length, depth): context_length, depth_percent,
 context_tokens, needle_token_index, needle_depth_percent (measured), snapped, messages, needle,
-retrieval_question; <out_dir>/meta.json with the settings.
+retrieval_question; <output_dir>/meta.json with the settings.
 """
 
 import json
 import math
-import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: find longalign/
-from longalign import synthetic  # noqa: E402
-from longalign.scriptargs import UserError, comma_list, parse_args, run_main  # noqa: E402
-from longalign.tokenization import load_tokenizer  # noqa: E402
+from longalign import synthetic
+from longalign.scriptargs import UserError, comma_list, parse_args, run_main
+from longalign.tokenization import load_tokenizer
 
 CONFIG = Path(__file__).with_name("config-prompt.yaml")
 TERMINATORS = (".", "!", "?", "。", "！", "？")
@@ -67,7 +65,7 @@ class Args:
     snap_window_percent: float = field(default=1.5, metadata={
         "help": "how far (percent of the context) the needle may move to reach a sentence end"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow a tokenizer that is the checkpoint's own code (not needed for ChatGLM3)"})
-    out_dir: str = field(default="runs/needle/prompts", metadata={"help": "where prompts.jsonl goes"})
+    output_dir: str = field(default="runs/needle/prompts", metadata={"help": "where prompts.jsonl goes"})
 
     def __post_init__(self):
         if not self.tokenizer:
@@ -195,7 +193,7 @@ def main(argv=None):
     print(f"needle prompts: {len(args.lengths)} lengths x {len(args.depths)} depths, tokenizer {args.tokenizer}, "
           f"{len(ends)} sentence ends in the first {need + 64} haystack tokens")
 
-    out = Path(args.out_dir)
+    out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     worst, rows = 0.0, []
     for length in tqdm(args.lengths, desc="contexts"):

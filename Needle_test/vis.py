@@ -1,19 +1,17 @@
 """Needle test, step 4: the heatmap (depth x context length, score 1-10, red -> yellow -> green).
 
 Run as:
-    python Needle_test/vis.py --scores_file runs/needle/pred/scores.jsonl --out runs/needle/pred/heatmap.png
+    python Needle_test/vis.py --scores_file runs/needle/pred/scores.jsonl --output_file runs/needle/pred/heatmap.png
 
 Inputs: scores.jsonl from eval.py. Output: a PNG (matplotlib, Agg backend: no display needed); the
 mean score is printed and written in the title.
 """
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: find longalign/
-from longalign.generation import read_jsonl  # noqa: E402
-from longalign.scriptargs import parse_args, run_main  # noqa: E402
+from longalign.generation import read_jsonl
+from longalign.scriptargs import parse_args, run_main
 
 # The original's colours: red (1) -> yellow -> green (10).
 COLOURS = ["#F0496E", "#EBB839", "#0CD79F"]
@@ -22,7 +20,7 @@ COLOURS = ["#F0496E", "#EBB839", "#0CD79F"]
 @dataclass
 class Args:
     scores_file: str = field(default="runs/needle/pred/scores.jsonl", metadata={"help": "scores.jsonl from eval.py"})
-    out: str | None = field(default=None, metadata={"help": "PNG to write (default: heatmap.png next to the scores)"})
+    output_file: str | None = field(default=None, metadata={"help": "PNG to write (default: heatmap.png next to the scores)"})
     title: str = field(default="Needle in a haystack", metadata={"help": "first line of the title"})
 
 
@@ -68,7 +66,7 @@ def main(argv=None):
     ax.set_title(f"{args.title}\nmean score {overall:.2f} / 10")
     fig.colorbar(im, ax=ax, label="Score")
     fig.tight_layout()
-    out = Path(args.out or Path(args.scores_file).with_name("heatmap.png"))
+    out = Path(args.output_file or Path(args.scores_file).with_name("heatmap.png"))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
     plt.close(fig)

@@ -2,7 +2,7 @@
 and without --balance) on the same long-tailed data, measured on a tiny model on the CPU.
 
 Run as:
-    python bench/bench_batching.py [--out_dir runs/bench_batching] [--num_long 200 --num_short 600 --max_length 2048]
+    python bench/bench_batching.py [--output_dir runs/bench_batching] [--num_long 200 --num_short 600 --max_length 2048]
 
 What it does. Synthetic LongAlign-shaped chats (a long tail of long documents + many short chats) go
 through pre_tokenize.py and sort_and_group.py (K = 8, with and without --balance), exactly as for
@@ -18,26 +18,22 @@ are synchronous, so a micro-step takes as long as its slowest device:
 
 The optimizer step is left out: it costs the same per step whatever the batching and would only add a
 constant. Prints the times, the ratios naive/sort and naive/pack beside the paper's (Figure 5,
-8 x A800: 2.2-2.9x) and the idle fractions; writes results.json in --out_dir and the bar chart PNG.
+8 x A800: 2.2-2.9x) and the idle fractions; writes results.json in --output_dir and the bar chart PNG.
 """
 
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import numpy as np
+import torch
+from tqdm import tqdm
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from longalign import synthetic  # noqa: E402
-from longalign.batches import Collator, SlotDataset  # noqa: E402
-from longalign.schedule import Schedule  # noqa: E402
-from longalign.scriptargs import parse_args, run_main  # noqa: E402
+from longalign import synthetic
+from longalign.batches import Collator, SlotDataset
+from longalign.schedule import Schedule
+from longalign.scriptargs import parse_args, run_main
 
 # Paper Figure 5: hours on 8 x A800 for (naive, pack, sort)
 PAPER = {"ChatGLM3-6B-64k": (45.4, 20.5, 19.1), "Llama-2-7B-64k": (67.2, 23.4, 23.3),
@@ -46,7 +42,7 @@ PAPER = {"ChatGLM3-6B-64k": (45.4, 20.5, 19.1), "Llama-2-7B-64k": (67.2, 23.4, 2
 
 @dataclass
 class Args:
-    out_dir: str = field(default="runs/bench_batching", metadata={"help": "work folder (data, stores, results)"})
+    output_dir: str = field(default="runs/bench_batching", metadata={"help": "work folder (data, stores, results)"})
     png: str = field(default="assets/bench_batching.png", metadata={"help": "where the bar chart goes"})
     num_long: int = field(default=200, metadata={"help": "long conversations (LongAlign-10k stand-in)"})
     long_min_words: int = field(default=110, metadata={
@@ -72,7 +68,7 @@ def prepare(args: Args):
     import pre_tokenize
     import sort_and_group
 
-    out = Path(args.out_dir)
+    out = Path(args.output_dir)
     synthetic.write_chat_data(out / "raw", args.num_long, args.num_short, args.long_min_words, args.seed)
     tokenizer = synthetic.train_tokenizer(out / "tokenizer")
     model_dir = out / "model"
@@ -89,11 +85,11 @@ def prepare(args: Args):
     stores = {}
     for name, balance in (("plain", False), ("balance", True)):
         store = out / f"store-{name}"
-        pre_tokenize.main(["--model", str(out / "tokenizer"), "--template", "chat_template",
+        pre_tokenize.main(["--model_name_or_path", str(out / "tokenizer"), "--template", "chat_template",
                            "--long_file", str(out / "raw" / "raw" / "long.jsonl"),
                            "--short_file", str(out / "raw" / "raw" / "sharegpt.jsonl"), "--datanum", "all",
-                           "--max_length", str(args.max_length), "--out_dir", str(store)])
-        sort_and_group.main(["--train_file", str(store), "--group_size", str(args.group_size), "--max_length",
+                           "--max_length", str(args.max_length), "--output_dir", str(store)])
+        sort_and_group.main(["--train_dir", str(store), "--group_size", str(args.group_size), "--max_length",
                              str(args.max_length), "--attention_length", f"{l0:.0f}",
                              "--target_cost", f"{r:.4f}"] + (["--balance"] if balance else []))
         stores[name] = store
@@ -204,8 +200,8 @@ def main(argv=None) -> dict:
     print("paper (8 x A800, Figure 5), naive / pack and naive / sort: "
           + "; ".join(f"{k} {n / p:.2f}x, {n / s:.2f}x" for k, (n, p, s) in PAPER.items()))
 
-    Path(args.out_dir).mkdir(parents=True, exist_ok=True)
-    (Path(args.out_dir) / "results.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    (Path(args.output_dir) / "results.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
     if "naive" in results:
         plot(results, Path(args.png))
     return results

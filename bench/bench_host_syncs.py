@@ -10,16 +10,25 @@ body alone, two right-padded rows, one decoding step of generate(), and a packed
 sequence parallelism (2 gloo processes). Inputs: none. Outputs: the printed lines.
 """
 
-import argparse
 import os
 import socket
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+from longalign.scriptargs import parse_args, run_main  # noqa: E402
+
+
+@dataclass
+class Args:
+    tree: str | None = field(default=None, metadata={"help": "checkout to take the model files and longalign/ from"})
 
 
 def setup_path(tree: str | None) -> None:
+    if tree:  # the argument layer came from this checkout: drop it so that `longalign` is the tree's own
+        for name in [m for m in sys.modules if m == "longalign" or m.startswith("longalign.")]:
+            del sys.modules[name]
     sys.path[:0] = [tree or str(ROOT), str(ROOT / "tests")]
 
 
@@ -101,10 +110,8 @@ def sp_worker(rank: int, port: int, tree: str | None) -> None:
     dist.destroy_process_group()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tree", default=None, help="checkout to take the model files and longalign/ from")
-    args = parser.parse_args()
+def main(argv=None) -> None:
+    (args,) = run_main(lambda a: parse_args((Args,), a), argv)  # bad flags: one line, exit 2
     setup_path(args.tree)
     one_process()
     import torch.multiprocessing as mp

@@ -28,11 +28,8 @@ from pathlib import Path
 import torch
 import transformers
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from longalign.scriptargs import parse_args, run_main  # noqa: E402
-from modeling_llama import LlamaForCausalLM  # noqa: E402
+from longalign.scriptargs import parse_args, run_main
+from modeling_llama import LlamaForCausalLM
 
 
 @dataclass

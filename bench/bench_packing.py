@@ -11,14 +11,21 @@ longalign/packing.py) for naive, sort, pack and pack --balance; then the time of
 million sequences of the same shape.
 """
 
-import argparse
 import math
-import sys
 import time
-from pathlib import Path
+from dataclasses import dataclass, field
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from longalign import packing  # noqa: E402
+from longalign import packing
+from longalign.scriptargs import parse_args, run_main
+
+
+@dataclass
+class Args:
+    num_long: int = field(default=10_000, metadata={"help": "long samples (LongAlign-10k)"})
+    num_short: int = field(default=30_000, metadata={"help": "short chats (ShareGPT)"})
+    million: int = field(default=1_000_000, metadata={"help": "sequences of the timing run (0: skip)"})
+    group_size: int = field(default=8, metadata={"help": "K devices per step"})
+    seed: int = field(default=0, metadata={"help": "seed of the generated lengths and of the shuffles"})
 
 
 def timed(fn, *a):
@@ -27,14 +34,8 @@ def timed(fn, *a):
     return out, time.perf_counter() - t0
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--num_long", type=int, default=10_000, help="long samples (LongAlign-10k)")
-    p.add_argument("--num_short", type=int, default=30_000, help="short chats (ShareGPT)")
-    p.add_argument("--million", type=int, default=1_000_000, help="sequences of the timing run (0: skip)")
-    p.add_argument("--group_size", type=int, default=8, help="K devices per step")
-    p.add_argument("--seed", type=int, default=0, help="seed of the generated lengths and of the shuffles")
-    args = p.parse_args()
+def main(argv=None):
+    (args,) = run_main(lambda a: parse_args((Args,), a), argv)  # bad flags: one line, exit 2
     K = args.group_size
 
     for L in (8192, 65536):

@@ -2,12 +2,12 @@
 model config, with the activation formula checked against what autograd really keeps on the tiny models.
 
 Run as:
-    python bench/bench_sp_memory.py [--out assets/sp_memory.png] [--check_tokens 1024,2048]
+    python bench/bench_sp_memory.py [--output_file assets/sp_memory.png] [--check_tokens 1024,2048]
 
 Inputs: the published configs of ChatGLM3-6B, Llama-2-7B and Llama-3-8B (hard-coded below) and, for the
 check, tiny random Llama / ChatGLM models built here (no download).
 Outputs: the check table (formula vs measured bytes on the CPU at SP 1 and 2), the memory table for 32k-1M
-tokens, the longest sequence that fits 80 GB per device for each model and SP size, and the plot `--out`.
+tokens, the longest sequence that fits 80 GB per device for each model and SP size, and the plot `--output_file`.
 
 The formula (bytes; t = S / N tokens on each device, b = bytes of the training dtype, L layers, hidden h,
 MLP width f, H query heads of size d, H_kv KV heads; under SP each device attends over the full row for H/N
@@ -32,16 +32,12 @@ import copy
 import json
 import os
 import socket
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from longalign.scriptargs import parse_args, run_main  # noqa: E402
+from longalign.scriptargs import parse_args, run_main
 
 GB = 1e9
 DEVICE_MEMORY = 80 * GB
@@ -50,7 +46,7 @@ ZERO_DEVICES = 8
 
 @dataclass
 class Args:
-    out: str = field(default="assets/sp_memory.png", metadata={"help": "where the plot is written"})
+    output_file: str = field(default="assets/sp_memory.png", metadata={"help": "where the plot is written"})
     check_tokens: str = field(default="1024,2048", metadata={"help": "row lengths of the CPU check (comma list)"})
     skip_check: bool = field(default=False, metadata={"help": "only the formula tables (no CPU measurement)"})
 
@@ -243,8 +239,8 @@ def main(argv=None) -> dict:
             table[m.name, N] = (peaks, longest)
             print(f"{m.name:<13}{N:>3}" + "".join(f"{p:>9.1f}" for p in peaks) + f"{longest // 1024:>17,}k")
     out["table"] = table
-    plot(table, lengths, Path(args.out))
-    print(f"\nplot -> {args.out}")
+    plot(table, lengths, Path(args.output_file))
+    print(f"\nplot -> {args.output_file}")
     return out
 
 

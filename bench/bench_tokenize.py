@@ -20,24 +20,22 @@ conversations, by kind: one tokenizer call on the whole text (special tokens wri
 LongAlign store (rebuilt from its behaviour: `original_longalign`).
 """
 
-import argparse
 import itertools
 import json
 import os
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
-ROOT = Path(__file__).resolve().parents[1]
-import sys  # noqa: E402
 
-sys.path.insert(0, str(ROOT))
-import pre_tokenize  # noqa: E402
-from longalign import chat, synthetic  # noqa: E402
-from longalign.tokenization import load_tokenizer  # noqa: E402
+import pre_tokenize
+from longalign import chat, synthetic
+from longalign.scriptargs import UserError, parse_args, run_main
+from longalign.tokenization import load_tokenizer
 
 START, END = "<|answer_start|>", "<|answer_end|>"
 
@@ -174,25 +172,33 @@ def original_end_to_end(conversations, template, tokenizer, max_length, out_file
 
 
 def ours_end_to_end(folder, template, out_dir, num_proc, tokenizer_path):
-    meta = pre_tokenize.main(["--model", str(tokenizer_path), "--long_file", str(folder / "raw" / "long.jsonl"),
+    meta = pre_tokenize.main(["--model_name_or_path", str(tokenizer_path), "--long_file", str(folder / "raw" / "long.jsonl"),
                               "--short_file", str(folder / "raw" / "sharegpt.jsonl"), "--datanum", "all",
-                              "--template", template, "--out_dir", str(out_dir), "--num_proc", str(num_proc)])
+                              "--template", template, "--output_dir", str(out_dir), "--num_proc", str(num_proc)])
     return sum(f.stat().st_size for f in Path(out_dir).iterdir() if f.suffix != ".json"), meta
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--num_long", type=int, default=100, help="long conversations")
-    p.add_argument("--long_min_words", type=int, default=2000, help="shortest long document (longest 8x)")
-    p.add_argument("--num_short", type=int, default=1000, help="short chats")
-    p.add_argument("--template", default="llama", choices=chat.TEMPLATES, help="chat format")
-    p.add_argument("--max_length", type=int, default=65536, help="the original pads every sample to this")
-    p.add_argument("--num_proc", type=int, default=1, help="pre_tokenize.py workers in the end-to-end run")
-    p.add_argument("--repeats", type=int, default=3, help="interleaved repeats; the best time of each counts")
-    p.add_argument("--tokenizer", default=None, help="a tokenizer folder or hub id (load_tokenizer); default: a "
-                                                     "byte-level BPE trained on the synthetic text (vocab 8000)")
-    p.add_argument("--compare", action="store_true", help="print how the encodings differ (no timing)")
-    args = p.parse_args()
+@dataclass
+class Args:
+    num_long: int = field(default=100, metadata={"help": "long conversations"})
+    long_min_words: int = field(default=2000, metadata={"help": "shortest long document (longest 8x)"})
+    num_short: int = field(default=1000, metadata={"help": "short chats"})
+    template: str = field(default="llama", metadata={"help": f"chat format: {' | '.join(chat.TEMPLATES)}"})
+    max_length: int = field(default=65536, metadata={"help": "the original pads every sample to this"})
+    num_proc: int = field(default=1, metadata={"help": "pre_tokenize.py workers in the end-to-end run"})
+    repeats: int = field(default=3, metadata={"help": "interleaved repeats; the best time of each counts"})
+    tokenizer: str | None = field(default=None, metadata={
+        "help": "a tokenizer folder or hub id (load_tokenizer); default: a byte-level BPE trained on the synthetic "
+                "text (vocab 8000)"})
+    compare: bool = field(default=False, metadata={"help": "print how the encodings differ (no timing)"})
+
+    def __post_init__(self):
+        if self.template not in chat.TEMPLATES:
+            raise UserError(f"--template {self.template} is not one of {', '.join(chat.TEMPLATES)}; pick one")
+
+
+def main(argv=None):
+    (args,) = run_main(lambda a: parse_args((Args,), a), argv)  # bad flags: one line, exit 2
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -35,7 +35,7 @@ IGNORE_INDEX = -100
 TEMPLATES = ("chatglm", "llama", "chat_template")
 ROLES = ("system", "user", "assistant")
 
-# --model aliases: the paper's long-context base models (the paper's tokenizers; pre_tokenize only needs
+# --model_name_or_path aliases: the paper's long-context base models (the paper's tokenizers; pre_tokenize only needs
 # the tokenizer) and the format each was trained with.
 MODEL_ALIASES = {"chatglm": "THUDM/LongAlign-6B-64k-base", "llama": "THUDM/LongAlign-7B-64k-base"}
 ALIAS_TEMPLATES = {"chatglm": "chatglm", "llama": "llama"}

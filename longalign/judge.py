@@ -40,16 +40,22 @@ def parse_score(reply: str | None, low: float = 1, high: float = 10) -> float | 
     return score if low <= score <= high else None
 
 
+def api_key(alternative: str = "") -> str:
+    """OPENAI_API_KEY; scripts call it before they generate anything, so a missing key is not found an hour in.
+    alternative: another way out to name in the message (", or pass --do_judge false ...")."""
+    key = os.environ.get("OPENAI_API_KEY")
+    if not key:
+        raise UserError(f"OPENAI_API_KEY is not set; export it (any non-empty value for a local judge server) "
+                        f"before running the judge{alternative}")
+    return key
+
+
 def make_client(base_url: str | None = None, timeout: float = 120.0, max_retries: int = 6):
     """An `openai.OpenAI` client: key from OPENAI_API_KEY, base URL from the argument or
     OPENAI_BASE_URL (else api.openai.com)."""
     from openai import OpenAI
 
-    key = os.environ.get("OPENAI_API_KEY")
-    if not key:
-        raise UserError("OPENAI_API_KEY is not set; export it (any non-empty value for a local server) "
-                        "before running the judge")
-    return OpenAI(api_key=key, base_url=base_url or os.environ.get("OPENAI_BASE_URL") or None,
+    return OpenAI(api_key=api_key(), base_url=base_url or os.environ.get("OPENAI_BASE_URL") or None,
                   timeout=timeout, max_retries=max_retries)
 
 

@@ -4,18 +4,39 @@
     llama, mistral, qwen2   -> modeling_llama.LlamaForCausalLM (packed attention + loss weights)
     anything else           -> transformers.AutoModelForCausalLM (no cu_seqlens / loss_weights)
 
-The model files live at the repository root (users edit them), so the root must be importable:
-it is when a root script (train.py, the evaluation scripts) runs, and in the tests.
+The model files live at the repository root (users edit them); they import as top-level modules through
+the editable install (pyproject.toml, scripts/setup_env.sh) or PYTHONPATH. model_config(path) reads only
+config.json, so scripts check a model argument before they write or load anything.
 """
 
+from pathlib import Path
+
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedConfig
+
+from longalign.scriptargs import UserError, missing_path
 
 LLAMA_FAMILY = ("llama", "mistral", "qwen2")
 
 
+def model_config(path_or_id) -> dict:
+    """The checkpoint's config.json (read in milliseconds, so scripts check the model before they write or load
+    anything); a path or hub id without one is a UserError naming it."""
+    path, fix = Path(path_or_id), "pass a model folder (config.json + weights) or a hub id"
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise UserError(f"--model_name_or_path {path_or_id} has no config.json; {fix}")
+    if missing_path(path_or_id):
+        raise UserError(f"--model_name_or_path {path_or_id} does not exist; {fix}")  # a path, not a hub id
+    try:
+        return PreTrainedConfig.get_config_dict(str(path_or_id))[0]
+    except (OSError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise UserError(f"--model_name_or_path {path_or_id}: no config.json locally or on the hub ({reason}); "
+                        f"{fix}") from None
+
+
 def load_model(path_or_id, **from_pretrained_kwargs):
     """from_pretrained through our model files where we have one; kwargs go to from_pretrained."""
-    config_dict, _ = PreTrainedConfig.get_config_dict(path_or_id)
+    config_dict = model_config(path_or_id)
     model_type = config_dict.get("model_type")
     if model_type == "chatglm":  # AutoConfig would need the checkpoint's remote code for this one
         from modeling_chatglm import ChatGLMForConditionalGeneration

@@ -209,7 +209,7 @@ def _plan_file(path: str | os.PathLike, name: str) -> Path:
     path = Path(path)
     path = path / name if path.is_dir() else path
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: run sort_and_group.py --train_file {path.parent}")
+        raise FileNotFoundError(f"{path} does not exist: run sort_and_group.py --train_dir {path.parent}")
     return path
 
 

@@ -7,7 +7,10 @@ read it first as defaults; any flag on the command line overrides the file. On t
     a misspelled flag   error: unrecognized argument --bach_method (did you mean --batch_method?)   exit 2
     --help              the script's docstring, then every flag with the default that will REALLY apply
                         (the config file's value where it sets one), required flags marked
-    aliases             older spellings of a flag (the original LongAlign's `--model`, ...) parse as it
+    aliases             older spellings of a flag (the original LongAlign's `--model`, ...) parse as it, on
+                        the command line and as keys of the config file
+    positional          a script may take its first values without their flags (`python -m
+                        longalign.tokenization tokenizer.model OUT`): they fill the named flags in order
     UserError           raised while parsing or running: one sentence on stderr, exit 2, no traceback
 """
 
@@ -17,8 +20,21 @@ import difflib
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import yaml
+
+# One vocabulary across the scripts (docs/cli.md): a model is --model_name_or_path, an output folder
+# --output_dir, one output file --output_file, an input folder --..._dir. The other spellings that commands
+# already written use (the original LongAlign's and this repository's earlier ones) stay accepted, in every
+# script that has the flag they stand for.
+VOCABULARY_ALIASES = {
+    "--model": "--model_name_or_path",       # the original pre_tokenize.py and LongBench_Chat/eval.py; chat_demo.py
+    "--model_path": "--model_name_or_path",  # the original LongBench_Chat/eval.py; Needle_test/pred.py
+    "--out_dir": "--output_dir",             # pre_tokenize.py, download_data.py, Needle_test/*.py, bench_batching.py
+    "--train_file": "--train_dir",           # the original sort_and_group.py and train.py: it names a folder
+    "--out": "--output_file",                # Needle_test/vis.py, bench/bench_sp_memory.py
+}
 
 
 class UserError(Exception):
@@ -52,7 +68,9 @@ def _build_parser(dataclass_types, doc: str | None, aliases: dict[str, str] | No
     parser = _Parser(dataclass_types, description=doc, formatter_class=_HelpFormatter, add_help=False,
                      allow_abbrev=False)
     parser.add_argument("-h", "--help", action="store_true", help="show this message and exit")
-    for alias, flag in (aliases or {}).items():
+    shared = {a: f for a, f in VOCABULARY_ALIASES.items()
+              if f in parser._option_string_actions and a not in parser._option_string_actions}
+    for alias, flag in (shared | (aliases or {})).items():
         action = parser._option_string_actions.get(flag)
         if action is None:
             raise ValueError(f"alias {alias} names an unknown flag {flag}")
@@ -68,18 +86,21 @@ def _unknown(parser, extra: list[str]) -> UserError:
     if not arg.startswith("-"):
         return UserError(f"unexpected argument {arg!r}: every value follows its flag (see --help)")
     near = difflib.get_close_matches(arg, flags, n=1, cutoff=0.6)
+    near = [parser._option_string_actions[f].option_strings[0] for f in near]  # the flag's name, not an alias
     hint = f" (did you mean {near[0]}?)" if near else "; see --help for the flags"
     return UserError(f"unrecognized argument {arg}{hint}")
 
 
 def parse_args(dataclass_types, argv=None, default_config: str | Path | None = None, doc: str | None = None,
-               aliases: dict[str, str] | None = None) -> tuple:
+               aliases: dict[str, str] | None = None, positional: tuple[str, ...] = ()) -> tuple:
     """Parse argv into the given dataclasses, with defaults taken from `--config` (a flat YAML mapping of
     field name -> value; the script's own config file when the flag is not given).
 
-    doc: shown first by --help (pass the script's __doc__); aliases: {"--old_name": "--flag"}.
+    doc: shown first by --help (pass the script's __doc__); aliases: {"--old_name": "--flag"};
+    positional: flags ("--model_file", ...) that the leading values without a flag fill, in order.
     """
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    argv = _place_positionals(argv, positional)
     if doc is None:  # the running script's own docstring: purpose, `Run as:`, inputs, outputs
         doc = getattr(sys.modules.get("__main__"), "__doc__", None)
     parser = _build_parser(dataclass_types, doc, aliases)
@@ -96,7 +117,7 @@ def parse_args(dataclass_types, argv=None, default_config: str | Path | None = N
         action.required = False
     early, extra = parser.parse_known_args(argv)
     if early.config:
-        config = read_config(Path(early.config), parser)
+        config = read_config(Path(early.config), parser, VOCABULARY_ALIASES | (aliases or {}))
         parser.set_defaults(**config)
         required = [a for a in required if a.dest not in config]
     for action in required:
@@ -115,7 +136,17 @@ def parse_args(dataclass_types, argv=None, default_config: str | Path | None = N
     return tuple(parsed)
 
 
-def read_config(path: Path, parser) -> dict:
+def _place_positionals(argv: list[str], flags: tuple[str, ...]) -> list[str]:
+    """The leading values without a flag, given to `flags` in order (`a b --kind x` -> `--f1 a --f2 b --kind x`)."""
+    leading = []
+    for arg in argv[:len(flags)]:
+        if arg.startswith("-"):
+            break
+        leading.append(arg)
+    return [x for flag, value in zip(flags[:len(leading)], leading, strict=True) for x in (flag, value)] + argv[len(leading):]
+
+
+def read_config(path: Path, parser, aliases: dict[str, str] | None = None) -> dict:
     if not path.is_file():
         raise UserError(f"config file {path} does not exist; pass --config with an existing YAML file")
     try:
@@ -125,10 +156,20 @@ def read_config(path: Path, parser) -> dict:
     if not isinstance(values, dict):
         raise UserError(f"{path} must be a mapping of flag names to values; fix the file")
     known = {a.dest for a in parser._actions}
+    renamed = {old.lstrip("-"): new.lstrip("-") for old, new in (aliases or {}).items()}
+    values = {renamed[k] if k not in known and renamed.get(k) in known else k: v  # a key with an older name
+              for k, v in values.items()}
     unknown = sorted(set(values) - known)
     if unknown:
         raise UserError(f"{path} has unknown key(s) {', '.join(unknown)}; use the script's flag names (see --help)")
     return values
+
+
+def missing_path(name_or_path) -> bool:
+    """A model or tokenizer argument that is written as a path (absolute, ./ or ../, or deeper than org/name)
+    and does not exist: say so, rather than pass it on as a hub id and print the hub's complaint about it."""
+    path = Path(str(name_or_path))
+    return not path.exists() and (path.is_absolute() or str(name_or_path).startswith(".") or len(path.parts) > 2)
 
 
 def comma_list(value, cast=int, name: str = "value") -> list:
@@ -140,10 +181,15 @@ def comma_list(value, cast=int, name: str = "value") -> list:
         raise UserError(f"--{name} must be a comma-separated list of {cast.__name__}, got {value!r}") from None
 
 
+def fail(sentence: str) -> NoReturn:
+    """A user error: one line on stderr ("error: ..."), exit code 2, no traceback."""
+    print(f"error: {sentence}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def run_main(main: Callable[[list[str] | None], object], argv=None):
     """Call main(argv); a UserError becomes one line on stderr and exit code 2."""
     try:
         return main(argv)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+        fail(str(e))

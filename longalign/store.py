@@ -99,7 +99,7 @@ class TokenizedStore:
         self.path = Path(path)
         meta_file = self.path / "meta.json"
         if not meta_file.is_file():
-            raise FileNotFoundError(f"{meta_file} does not exist: run pre_tokenize.py with --out_dir {self.path}")
+            raise FileNotFoundError(f"{meta_file} does not exist: run pre_tokenize.py with --output_dir {self.path}")
         self.meta: dict = json.loads(meta_file.read_text(encoding="utf-8"))
         if self.meta.get("store_version") != STORE_VERSION:
             raise ValueError(f"{meta_file} is not a version-{STORE_VERSION} store: re-run pre_tokenize.py")

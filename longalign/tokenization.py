@@ -33,16 +33,18 @@ that saves as an ordinary tokenizer.json folder. Everything else goes through Au
 tokenizer that is its own code and fails, or needs --trust_remote_code, ends in one sentence (UserError).
 
 Run as (writes a tokenizer folder from a SentencePiece model file, e.g. for bench/bench_tokenize.py):
-    python -m longalign.tokenization path/to/tokenizer.model out_dir [--kind llama|chatglm]
+    python -m longalign.tokenization path/to/tokenizer.model output_dir [--kind llama|chatglm]
+    (or with the flags: --model_file path/to/tokenizer.model --output_dir output_dir)
 """
 
-import argparse
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from longalign.chat import MODEL_ALIASES
-from longalign.scriptargs import UserError
+from longalign.scriptargs import UserError, missing_path, parse_args, run_main
 
 CHATGLM_SPECIAL_TOKENS = ("[MASK]", "[gMASK]", "[sMASK]", "sop", "eop",
                           "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>")
@@ -192,6 +194,8 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     """The tokenizer of a checkpoint folder, a hub id or an alias (`chatglm`, `llama`); see the module
     docstring. Raises UserError with one sentence that names the fix when none can be loaded."""
     path = MODEL_ALIASES.get(name_or_path, name_or_path)
+    if missing_path(path):
+        raise UserError(f"{name_or_path} does not exist; pass a local folder with a tokenizer, or a hub id")
     config_file = _file(path, "tokenizer_config.json")
     try:
         config = json.loads(Path(config_file).read_text(encoding="utf-8")) if config_file else {}
@@ -246,17 +250,26 @@ def _remote_failure(name: str, e: Exception, version: str) -> UserError:
                      "whose folder has a tokenizer.json, or the transformers version that code was written for")
 
 
+@dataclass
+class BuildArgs:
+    model_file: str = field(metadata={"help": "the SentencePiece tokenizer.model (or the first value, unflagged)"})
+    output_dir: str = field(metadata={
+        "help": "the folder to write, read by AutoTokenizer and load_tokenizer (or the second value, unflagged)"})
+    kind: Literal["llama", "chatglm"] = field(default="llama", metadata={
+        "help": "llama: <s> + text; chatglm: [gMASK] sop + text and ChatGLM3's 9 special tokens"})
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Write a tokenizer folder (tokenizer.json) from a SentencePiece "
-                                            "tokenizer.model, encoding exactly like SentencePiece.")
-    p.add_argument("model_file", help="the SentencePiece tokenizer.model")
-    p.add_argument("out_dir", help="the folder to write (AutoTokenizer and load_tokenizer read it)")
-    p.add_argument("--kind", choices=("llama", "chatglm"), default="llama",
-                   help="llama: <s> + text; chatglm: [gMASK] sop + text and ChatGLM3's 9 special tokens")
-    args = p.parse_args(argv)
+    return run_main(lambda a: write_folder(*parse_args(
+        (BuildArgs,), a, doc=__doc__, positional=("--model_file", "--output_dir"))), argv)
+
+
+def write_folder(args: BuildArgs) -> None:
+    if not Path(args.model_file).is_file():
+        raise UserError(f"--model_file {args.model_file} does not exist; pass a SentencePiece tokenizer.model")
     build = chatglm_tokenizer if args.kind == "chatglm" else llama_tokenizer
-    build(args.model_file).save_pretrained(args.out_dir)
-    print(f"{args.kind} tokenizer from {args.model_file} -> {args.out_dir}")
+    build(args.model_file).save_pretrained(args.output_dir)
+    print(f"{args.kind} tokenizer from {args.model_file} -> {args.output_dir}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ longer than --max_length tokens keeps its head and tail. Without --question the 
 stdin and keeps the conversation.
 
 Run as:
-    python scripts/chat_demo.py --model THUDM/LongAlign-7B-64k --file paper.txt \
+    python scripts/chat_demo.py --model_name_or_path THUDM/LongAlign-7B-64k --file paper.txt \
         --question "Summarise the method in three sentences."
 
 Inputs: a model, a text file. Output: the answer on stdout.
@@ -18,14 +18,13 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: find longalign/
-from longalign.generation import TEMPLATES, Generator, truncate_text_middle  # noqa: E402
-from longalign.scriptargs import UserError, parse_args, run_main  # noqa: E402
+from longalign.generation import TEMPLATES, Generator, truncate_text_middle
+from longalign.scriptargs import UserError, parse_args, run_main
 
 
 @dataclass
 class Args:
-    model: str | None = field(default=None, metadata={"help": "model folder or hub id"})
+    model_name_or_path: str | None = field(default=None, metadata={"help": "model folder or hub id"})
     file: str | None = field(default=None, metadata={"help": "the long document (UTF-8 text)"})
     question: str | None = field(default=None, metadata={"help": "the question; empty = ask on stdin, several turns"})
     template: str = field(default="auto", metadata={"help": "auto | chat_template | llama | chatglm | none"})
@@ -37,8 +36,8 @@ class Args:
         "help": "allow a model or tokenizer that is the checkpoint's own code (not needed for ChatGLM3)"})
 
     def __post_init__(self):
-        if not self.model or not self.file:
-            raise UserError("--model and --file are required")
+        if not self.model_name_or_path or not self.file:
+            raise UserError("--model_name_or_path and --file are required")
         if not Path(self.file).is_file():
             raise UserError(f"--file {self.file} does not exist; give a text file")
         if self.template not in TEMPLATES:
@@ -64,7 +63,7 @@ def answer(gen: Generator, messages: list[dict]) -> str:
 
 def main(argv=None):
     (args,) = parse_args(Args, argv)
-    gen = Generator(args.model, args.template, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+    gen = Generator(args.model_name_or_path, args.template, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                     seed=args.seed, trust_remote_code=args.trust_remote_code)
     document, n_tokens, truncated = truncate_text_middle(Path(args.file).read_text(encoding="utf-8"),
                                                          gen.tokenizer, args.max_length)

@@ -9,8 +9,8 @@ Inputs (each a hub dataset id, a local dataset folder, or a local .json/.jsonl f
     --long_data   LongAlign-10k (THUDM/LongAlign-10k): rows {"messages": [{"role", "content"}]}
     --sharegpt    ShareGPT in its native form: rows {"conversations": [{"from": "human"|"gpt"|"system", "value"}]}
 Outputs:
-    <out_dir>/long.jsonl       {"messages": [...]} per line
-    <out_dir>/sharegpt.jsonl   {"messages": [...]} per line, cleaned as below
+    <output_dir>/long.jsonl       {"messages": [...]} per line
+    <output_dir>/sharegpt.jsonl   {"messages": [...]} per line, cleaned as below
 
 ShareGPT cleaning (in the spirit of open-instruct's ShareGPT conversion): speakers map to roles (human ->
 user, gpt/chatgpt -> assistant, system -> system); a conversation with an unknown speaker, a non-text turn
@@ -21,16 +21,14 @@ characters (the system turn repeated in each part). Every drop is counted and pr
 """
 
 import json
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the longalign package
-from longalign import chat  # noqa: E402
-from longalign.scriptargs import parse_args, run_main  # noqa: E402
+from longalign import chat
+from longalign.scriptargs import fail, parse_args, run_main
 
 
 @dataclass
@@ -42,15 +40,10 @@ class Args:
     sharegpt_data_files: str | None = field(default="ShareGPT_V3_unfiltered_cleaned_split.json", metadata={
         "help": "the file to load inside a ShareGPT hub repository (ignored for local files)"})
     split: str = field(default="train", metadata={"help": "dataset split to read"})
-    out_dir: str = field(default="data/raw", metadata={"help": "where long.jsonl and sharegpt.jsonl go"})
+    output_dir: str = field(default="data/raw", metadata={"help": "where long.jsonl and sharegpt.jsonl go"})
     split_max_chars: int = field(default=0, metadata={
         "help": "split ShareGPT conversations longer than this many characters at round boundaries; 0: never "
                 "(the 64k window holds nearly all of them and pre_tokenize.py middle-truncates the rest)"})
-
-
-def fail(sentence: str) -> None:
-    print(sentence, file=sys.stderr)
-    sys.exit(2)
 
 
 def read_rows(source: str, split: str, data_files: str | None = None):
@@ -132,7 +125,7 @@ def write(path: Path, conversations) -> int:
 
 def main(argv=None) -> dict:
     (args,) = run_main(lambda a: parse_args((Args,), a), argv)  # bad flags: one line, exit 2
-    out = Path(args.out_dir)
+    out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = {}
 

@@ -1,4 +1,5 @@
-# Sourced by quickstart.sh and test.sh: create (or reuse) .venv and install the pinned requirements.
+# Sourced by quickstart.sh and test.sh: create (or reuse) .venv, install the pinned requirements and the
+# repository itself (editable).
 # Idempotent: a stamp holding the hash of the requirement files skips pip when nothing changed.
 # Usage: source scripts/setup_env.sh [requirements-dev.txt]
 set -euo pipefail
@@ -11,7 +12,8 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "[setup] creating $VENV"
   python3 -m venv "$VENV"
 fi
-want="$(cat "${reqs[@]}" | sha256sum | cut -d' ' -f1)"
+# the stamp also covers pyproject.toml and this checkout's path (the editable install points at it)
+want="$( { cat "${reqs[@]}" "$ROOT/pyproject.toml"; echo "$ROOT"; } | sha256sum | cut -d' ' -f1)"
 stamp="$VENV/.installed-${want:0:16}"
 if [ ! -f "$stamp" ]; then
   echo "[setup] installing ${reqs[*]##*/} (first run: a few minutes)"
@@ -22,11 +24,15 @@ if [ ! -f "$stamp" ]; then
   pip_args=()
   for r in "${reqs[@]}"; do pip_args+=(-r "$r"); done
   "$VENV/bin/python" -m pip install --quiet "${pip_args[@]}"
+  # the repository itself, editable (pyproject.toml): `longalign` and the root modules import from any directory
+  "$VENV/bin/python" -m pip install --quiet --no-deps -e "$ROOT"
   touch "$stamp"  # only after every install succeeded
 else
   echo "[setup] $VENV is up to date"
 fi
 export PATH="$VENV/bin:$PATH"
+# Also on PYTHONPATH (which comes before the editable install): a .venv shared by several checkouts still
+# runs each checkout's own code.
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 # Offline by design: nothing in the quickstart or the tests talks to a hub.
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_NO_ADVISORY_WARNINGS=1 TOKENIZERS_PARALLELISM=false

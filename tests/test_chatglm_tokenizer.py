@@ -234,6 +234,9 @@ def test_remote_code_failures_are_one_sentence(broken_folder, tmp_path, capsys):
         load_tokenizer(str(broken_folder))
     with pytest.raises(UserError, match=r"fails under transformers .*TypeError.*padding_side.*tokenizer\.json"):
         load_tokenizer(str(broken_folder), trust_remote_code=True)
+    with pytest.raises(UserError, match="nothing_here does not exist; pass a local folder"):
+        load_tokenizer(str(tmp_path / "nothing_here"))
+    (tmp_path / "nothing_here").mkdir()
     with pytest.raises(UserError, match="no tokenizer could be loaded"):
         load_tokenizer(str(tmp_path / "nothing_here"))
     with pytest.raises(UserError, match="chatglm: no tokenizer.model"):  # the alias, offline
@@ -243,4 +246,4 @@ def test_remote_code_failures_are_one_sentence(broken_folder, tmp_path, capsys):
         pre_tokenize.main(["--model", str(broken_folder), "--trust_remote_code", "--template", "llama",
                            "--long_file", str(tmp_path / "x.jsonl"), "--short_file", "", "--out_dir", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip().splitlines()
-    assert e.value.code == 2 and len(err) == 1 and err[0].startswith(f"--model {broken_folder}: the tokenizer code")
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith(f"error: --model_name_or_path {broken_folder}: the tokenizer code")

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # script -> (a misspelled flag, the flag it should suggest)
 SCRIPTS = {
-    "pre_tokenize.py": ("--modle", "--model"),
+    "pre_tokenize.py": ("--modle", "--model_name_or_path"),
     "sort_and_group.py": ("--grup_size", "--group_size"),
     "train.py": ("--bach_method", "--batch_method"),
     "scripts/download_data.py": ("--sharegtp", "--sharegpt"),
@@ -27,15 +27,28 @@ SCRIPTS = {
     "bench/bench_batching.py": ("--repets", "--repeats"),
     "bench/bench_model.py": ("--repets", "--repeats"),
     "bench/bench_sp_memory.py": ("--chek_tokens", "--check_tokens"),
+    "bench/bench_packing.py": ("--grup_size", "--group_size"),
+    "bench/bench_tokenize.py": ("--repets", "--repeats"),
+    "bench/bench_host_syncs.py": ("--tre", "--tree"),
+    "-m longalign.tokenization": ("--kidn", "--kind"),
 }
 
 
+def source(script: str) -> Path:
+    """The file of a script path or of `-m package.module`."""
+    return ROOT / (script.removeprefix("-m ").replace(".", "/") + ".py" if script.startswith("-m ") else script)
+
+
 def run_script(script: str, *args: str, monkeypatch) -> int:
-    """Run ROOT/script as __main__ with these arguments -> its exit code (0 when it returns)."""
+    """Run ROOT/script (or `-m module`) as __main__ with these arguments -> its exit code (0 when it returns)."""
     monkeypatch.setattr(sys, "argv", [script, *args])
     monkeypatch.chdir(ROOT)
     try:
-        runpy.run_path(str(ROOT / script), run_name="__main__")
+        if script.startswith("-m "):  # as `python -m` runs it: a fresh module, not the one tests imported
+            monkeypatch.delitem(sys.modules, script.removeprefix("-m "), raising=False)
+            runpy.run_module(script.removeprefix("-m "), run_name="__main__", alter_sys=True)
+        else:
+            runpy.run_path(str(ROOT / script), run_name="__main__")
     except SystemExit as e:
         return int(e.code or 0)
     return 0
@@ -45,7 +58,7 @@ def run_script(script: str, *args: str, monkeypatch) -> int:
 def test_help_shows_the_docstring_and_exits_0(script, monkeypatch, capsys):
     assert run_script(script, "--help", monkeypatch=monkeypatch) == 0
     out = capsys.readouterr().out
-    first_line = (ROOT / script).read_text(encoding="utf-8").split('"""')[1].strip().splitlines()[0]
+    first_line = source(script).read_text(encoding="utf-8").split('"""')[1].strip().splitlines()[0]
     assert first_line in out, out[:500]
     assert "(default: " in out
 
@@ -60,7 +73,7 @@ def test_misspelled_flag_is_one_line_with_the_flag_meant(script, monkeypatch, ca
 
 def test_missing_required_flag_is_one_line(monkeypatch, capsys):
     assert run_script("sort_and_group.py", monkeypatch=monkeypatch) == 2
-    assert capsys.readouterr().err.strip() == "error: --train_file is required (see --help)"
+    assert capsys.readouterr().err.strip() == "error: --train_dir is required (see --help)"
 
 
 def test_help_shows_the_config_files_values(tmp_path, monkeypatch, capsys):

@@ -126,7 +126,7 @@ def test_strict_stops_at_the_first_bad_line(tmp_path, tokenizer_dir):
                            "--out_dir", str(tmp_path / "out"), "--strict"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"{tmp_path / 'hostile.jsonl'}:4: invalid_json"), last  # 1 good, 2-3 blank
+    assert last.startswith(f"error: {tmp_path / 'hostile.jsonl'}:4: invalid_json"), last  # 1 good, 2-3 blank
     # a clean file passes --strict (a BOM, CRLF and ShareGPT form are lossless repairs)
     clean = tmp_path / "clean.jsonl"
     clean.write_bytes(b"\xef\xbb\xbf" + line(good(0)) + line(good(1))[:-1] + b"\r\n" + HOSTILE[21][0])

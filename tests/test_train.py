@@ -49,7 +49,10 @@ def test_naive_matches_brute_force_and_logs_the_step(tmp_path, stores, tiny_llam
     from longalign.store import TokenizedStore
 
     store = TokenizedStore(stores["plain"])
-    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("[train] step ")]
+    out = capsys.readouterr().out
+    lines = [x for x in out.splitlines() if x.startswith("[train] step ")]
+    assert not [x for x in out.splitlines() if not x.startswith("[train] ")], out  # no Trainer dict per step
+    assert "[train] summary: train_runtime " in out and "[train] done: " in out
     with capsys.disabled():
         assert rel(d, reference, "SGD step, naive (batch 1, accumulation) vs per-sequence reference") <= TOL
     assert len(lines) == 1, lines
@@ -59,6 +62,15 @@ def test_naive_matches_brute_force_and_logs_the_step(tmp_path, stores, tiny_llam
     config = json.loads((tmp_path / "naive" / "run_config.json").read_text())
     assert config["data"]["batch_method"] == "naive" and config["versions"]["transformers"]
     assert (tmp_path / "naive" / "tokenizer_config.json").is_file()
+
+
+def test_one_line_per_step_beside_the_progress_bar(tmp_path, stores, tiny_llama_dir, capsys):
+    """With the progress bar on (the default), each logged step is still one [train] line on stdout, not two."""
+    train.main(train_argv(tiny_llama_dir, stores["plain"], tmp_path / "bar", *SGD, "--disable_tqdm", "false",
+                          "--max_steps", 2))
+    out = capsys.readouterr().out.splitlines()
+    assert [x.split()[2] for x in out if x.startswith("[train] step ")] == ["1/2", "2/2"], out
+    assert not [x for x in out if not x.startswith("[train] ")], out  # the bar is on stderr, no dicts anywhere
 
 
 def test_naive_padded_batch_matches(tmp_path, stores, tiny_llama_dir, reference):
