@@ -79,7 +79,7 @@ def main(argv=None):
     try:
         out = get_demo_model(args.out, args.cache_dir)
     except AssetError as e:
-        raise UserError(f"the demo model could not be fetched: {e}") from None
+        raise UserError("the demo model could not be fetched: " + " ".join(str(e).split())) from None  # one line
     size = (out / "model.safetensors").stat().st_size / 1e6
     print(f"demo model: SmolLM2-135M-Instruct at {out} ({size:.0f} MB fp32, "
           f"{'reused' if existed else f'built from {REQUIREMENT} in {time.time() - t0:.0f} s'})")

