@@ -12,7 +12,8 @@ under concurrency:
 - `score`: the rating of the normal reply, written as `[[7]]` at the end, after a decoy "[[rating]]"
   so that only a parser that takes the LAST [[...]] gets it right. `score=none`: every reply is
   garbage, so the judgement must end as failed.
-- no marker: the rating is 1 + crc32(prompt) % 10 (deterministic, for demos).
+- no marker: the reply of the rubric judge (longalign/rubric_judge.py: token F1 of the answer against the
+  reference answer in the prompt, mapped to 1-10; no rating if the prompt has neither).
 - a request whose model name starts with `echo` is a generation request (LongBench-Chat's
   `--gen_base_url`): the reply repeats the last 80 characters of the user message; no faults.
 
@@ -28,9 +29,11 @@ import re
 import signal
 import threading
 import time
-import zlib
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from longalign import rubric_judge
+from longalign.judge import parse_score
 
 MARKER = re.compile(r"\{\{judge ([^}]*)\}\}")
 GARBAGE = "This answer is hard to rate; I would put it somewhere in the middle of the scale."
@@ -73,20 +76,27 @@ class FaultServer:
 
     # -- deciding a reply ------------------------------------------------------------------------
     def decide(self, model: str, prompt: str) -> tuple[str, str]:
-        """(kind, content): kind is one of 429, 500, slow, garbage, ok, echo."""
+        """(kind, content): kind is one of 429, 500, slow, garbage, ok, echo, rubric."""
         if model.startswith("echo"):
             with self.lock:
                 self.requests["echo"] += 1
             return "echo", "Answer: " + prompt[-80:]
         m = MARKER.search(prompt)
-        fields = dict(kv.split("=", 1) for kv in m.group(1).split()) if m else {}
+        if not m:
+            content = rubric_judge.reply(prompt)
+            kind = "rubric" if parse_score(content) is not None else "garbage"
+            with self.lock:
+                self.requests["other"] += 1
+                self.served[kind] += 1
+            return kind, content
+        fields = dict(kv.split("=", 1) for kv in m.group(1).split())
         key = f"case={fields['case']}" if "case" in fields else "other"
         with self.lock:
             n = self.requests[key]
             self.requests[key] += 1
         faults = [f for f in fields.get("faults", "").split(",") if f]
         kind = faults[n] if n < len(faults) else "ok"
-        score = fields.get("score", str(1 + zlib.crc32(prompt.encode()) % 10))
+        score = fields["score"]
         if kind in ("ok", "slow") and score == "none":
             kind = "garbage"
         with self.lock:
@@ -143,22 +153,26 @@ def _interrupt(*_):
     raise KeyboardInterrupt
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1")
-    p.add_argument("--slow_s", type=float, default=3.0, help="delay of a 'slow' reply in seconds")
-    p.add_argument("--retry_after_ms", type=int, default=20, help="Retry-After sent with 429/500")
-    args = p.parse_args(argv)
-    # SIGTERM (kill PID) stops it like Ctrl-C, so the counts below are printed either way.
+def serve(port: int, what: str, slow_s: float = 3.0, retry_after_ms: int = 20) -> None:
+    """Serve until Ctrl-C or SIGTERM (kill PID), then print the request counts."""
     signal.signal(signal.SIGTERM, _interrupt)
-    with FaultServer(args.port, args.slow_s, args.retry_after_ms) as srv:
-        print(f"fault server at {srv.base_url} (Ctrl-C to stop)", flush=True)
+    with FaultServer(port, slow_s, retry_after_ms) as srv:
+        print(f"{what} at {srv.base_url} (Ctrl-C to stop)", flush=True)
         try:
             while srv.thread.is_alive():
                 srv.thread.join(0.5)  # a short join, so the signal is handled promptly
         except KeyboardInterrupt:
             pass
         print(f"requests: {dict(srv.requests)}; served: {dict(srv.served)}", flush=True)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1")
+    p.add_argument("--slow_s", type=float, default=3.0, help="delay of a 'slow' reply in seconds")
+    p.add_argument("--retry_after_ms", type=int, default=20, help="Retry-After sent with 429/500")
+    args = p.parse_args(argv)
+    serve(args.port, "fault server", args.slow_s, args.retry_after_ms)
 
 
 if __name__ == "__main__":

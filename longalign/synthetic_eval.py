@@ -78,7 +78,11 @@ def make_cases(num_cases: int, min_words: int = 300, seed: int = 0,
 
 
 def write_cases(out: Path, num_cases: int, min_words: int = 300, seed: int = 0, markers=None) -> Path:
-    cases, shots = make_cases(num_cases, min_words, seed, markers)
+    return write_files(out, *make_cases(num_cases, min_words, seed, markers))
+
+
+def write_files(out: Path, cases: list, shots: list) -> Path:
+    """The three files of the published schema (cases and few-shots from here or longalign.demo_data)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "test_cases.json").write_text(json.dumps(cases, ensure_ascii=False, indent=1), encoding="utf-8")
     (out / "few_shots.json").write_text(json.dumps(shots, ensure_ascii=False, indent=1), encoding="utf-8")

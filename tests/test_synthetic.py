@@ -2,11 +2,14 @@
 
 import json
 import time
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from longalign import synthetic
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def read_jsonl(path):
@@ -88,3 +91,78 @@ def test_cli_writes_everything(tmp_path):
     assert len(read_jsonl(tmp_path / "raw" / "long.jsonl")) == 4
     assert (tmp_path / "tiny-llama" / "config.json").exists()
     assert sorted(p.name for p in (tmp_path / "haystack").glob("*.txt"))
+
+
+# ---------------------------------------------------------------------------------------------
+# longalign/demo_data.py: the quickstart's real-English data for the real model
+
+def test_stdlib_prose_is_real_english_and_train_and_eval_share_nothing():
+    from longalign import demo_data
+
+    train = demo_data.stdlib_paragraphs(demo_data.TRAIN_MODULES)
+    held_out = demo_data.held_out_paragraphs()
+    assert len(train) > 500 and len(held_out) > 200
+    assert not set(train) & set(held_out)
+    for p in train + held_out:
+        assert p[0].isupper() and p.endswith(".") and "\n" not in p and ">>>" not in p
+    # the quickstart's needle test needs 2,000 tokens of haystack (~1,500 words) from the held-out part
+    assert sum(len(p.split()) for p in held_out) > 8000
+    assert not demo_data.is_prose("Example:\n    x = f(1)") and not demo_data.is_prose("short one.")
+
+
+def _statements(text, family):
+    """(subject, value) of every statement of `family` in text."""
+    import re
+
+    from longalign import demo_data
+
+    pattern = re.escape(demo_data.FAMILIES[family][0]).replace(r"\{s\}", r"(\w+)").replace(r"\{v\}", r"([\w ]+?)")
+    return re.findall(pattern, text)
+
+
+def test_demo_chats_answer_from_the_document_among_look_alikes():
+    import random
+
+    from longalign import demo_data
+
+    rng, paragraphs = random.Random(5), demo_data.stdlib_paragraphs(demo_data.TRAIN_MODULES)
+    kinds = set()
+    for _ in range(60):
+        messages = demo_data.train_conversation(rng, paragraphs, rng.randint(100, 400))["messages"]
+        document = messages[0]["content"]
+        for answer in messages[1::2]:
+            for sentence in answer["content"].split(". "):
+                fact = sentence.rstrip(".") + "."
+                assert document.count(fact) == 1  # the answer is in the document, once
+                family = next(f for f in demo_data.FAMILIES if _statements(fact, f))
+                (subject, value), = _statements(fact, family)
+                found = _statements(document, family)
+                assert len(found) >= 2 and [s for s, _ in found].count(subject) == 1  # look-alikes, one per subject
+                assert family in demo_data.TRAIN_FAMILIES  # held-out shapes never appear in training
+        for family in (demo_data.NEEDLE_FAMILY, *demo_data.LBC_FAMILIES):
+            assert not _statements(document, family)
+        kinds.add((len(messages), ". " in messages[1]["content"]))
+    assert kinds == {(2, False), (2, True), (4, False), (4, True)}  # one fact, two facts, follow-up rounds
+
+
+def test_needle_haystack_and_lbc_cases(tmp_path):
+    import yaml
+
+    from longalign import demo_data
+
+    needle, question, key = demo_data.needle()
+    config = yaml.safe_load((ROOT / "Needle_test" / "config-quickstart-prompt.yaml").read_text())
+    assert (config["needle"], config["retrieval_question"]) == (needle, question) and key in needle
+    text = (demo_data.write_haystack(tmp_path) / "stdlib_docs.txt").read_text()
+    look_alikes = _statements(text, demo_data.NEEDLE_FAMILY)
+    assert len(look_alikes) >= 45  # one per ~120 of 6,000 words: the needle's shape is everywhere
+    assert all(s != demo_data.NEEDLE_SUBJECT and v != demo_data.NEEDLE_VALUE for s, v in look_alikes)
+
+    cases, shots = demo_data.lbc_cases(8, min_words=200)
+    for case, (good, half, bad) in zip(cases, shots, strict=True):
+        assert case["prompt"].endswith(case["query"]) and good == {"answer": case["answer"], "score": 10}
+        facts = [s.rstrip(".") + "." for s in case["answer"].split(". ")]
+        assert len(facts) == 2 and all(case["prompt"].count(f) == 1 for f in facts)
+        assert half["answer"].startswith(facts[0]) and half["answer"] != case["answer"]
+        assert not any(f in bad["answer"] for f in facts) and (half["score"], bad["score"]) == (5, 2)
+
