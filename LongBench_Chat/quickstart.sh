@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The quickstart's LongBench-Chat stage: SmolLM2-135M-Instruct before and after the quickstart's LongAlign
-# SFT answers the same LongBench-Chat-shaped cases (RUN_DIR/data/lbc, written by longalign/demo_data.py: a
+# SFT answers the same LongBench-Chat-shaped cases (RUN_DIR/data/lbc, written by tools/demo_data.py: a
 # document of standard-library docstrings, a question asking for two facts among look-alikes, a reference
 # answer), and an offline judge scores every answer 1-10.
 #
 #   bash LongBench_Chat/quickstart.sh RUN_DIR     -> RUN_DIR/lbc/{base,trained}/scores.json
 #
-# The judge is NOT GPT-4: it is longalign/rubric_judge.py, token F1 of the answer against the reference
+# The judge is NOT GPT-4: it is tools/rubric_judge.py, token F1 of the answer against the reference
 # answer mapped to 1 + 9 x F1, served on 127.0.0.1 through the same client, prompt and files as a real
 # judge (its arithmetic is in each judge_reply of judgements.jsonl). It is deterministic, so one judgement
 # per answer (--judge_runs 1) says what two would.
@@ -17,7 +17,7 @@ BASE=${BASE_MODEL:-data/smollm2-135m-instruct}
 OUT=$RUN/lbc
 
 port=$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-python -m longalign.rubric_judge --port "$port" > "$OUT.judge.log" 2>&1 &
+python -m tools.rubric_judge --port "$port" > "$OUT.judge.log" 2>&1 &
 judge_pid=$!
 trap 'kill "$judge_pid" 2>/dev/null || true' EXIT
 # wait until the server answers (at most ~10 s)

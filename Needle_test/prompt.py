@@ -17,7 +17,7 @@ Run as:
     (defaults come from Needle_test/config-prompt.yaml; every key is also a flag)
 
 Inputs: a tokenizer; --haystack_dir of .txt files read in sorted order (none given: the built-in
-synthetic haystack of longalign/synthetic.py).
+synthetic haystack of tools/synthetic.py).
 Outputs: <output_dir>/prompts.jsonl, one line per (length, depth): context_length, depth_percent,
 context_tokens, needle_token_index, needle_depth_percent (measured), snapped, messages, needle,
 retrieval_question; <output_dir>/meta.json with the settings.
@@ -31,9 +31,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from longalign import synthetic
 from longalign.scriptargs import UserError, comma_list, parse_args, run_main
 from longalign.tokenization import load_tokenizer
+from tools import synthetic
 
 CONFIG = Path(__file__).with_name("config-prompt.yaml")
 TERMINATORS = (".", "!", "?", "。", "！", "？")

@@ -30,10 +30,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from longalign import synthetic
 from longalign.batches import Collator, SlotDataset
 from longalign.schedule import Schedule
 from longalign.scriptargs import parse_args, run_main
+from tools import synthetic
 
 # Paper Figure 5: hours on 8 x A800 for (naive, pack, sort)
 PAPER = {"ChatGLM3-6B-64k": (45.4, 20.5, 19.1), "Llama-2-7B-64k": (67.2, 23.4, 23.3),

@@ -11,7 +11,7 @@ the markers, label the answers and add an EOS after each. Ours (longalign/chat.p
 runs): cut each conversation into context and answer pieces, tokenize the pieces of a whole batch of
 conversations in one call of the fast tokenizer (its Rust threads use every core), concatenate with numpy.
 Both run on the same parsed conversations (synthetic, LongAlign-shaped: long documents + short chats,
-longalign/synthetic.py) with the same tokenizer (the synthetic one trained here, or --tokenizer PATH loaded
+tools/synthetic.py) with the same tokenizer (the synthetic one trained here, or --tokenizer PATH loaded
 with longalign.tokenization.load_tokenizer); both outputs are checked to agree on the answers. The
 end-to-end pre_tokenize.py run (reading, parsing, writing the store) is timed too.
 
@@ -33,9 +33,10 @@ import numpy as np
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
 import pre_tokenize
-from longalign import chat, synthetic
+from longalign import chat
 from longalign.scriptargs import UserError, parse_args, run_main
 from longalign.tokenization import load_tokenizer
+from tools import synthetic
 
 START, END = "<|answer_start|>", "<|answer_end|>"
 

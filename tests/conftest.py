@@ -12,7 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from longalign import synthetic  # noqa: E402
+from tools import synthetic  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ import os
 import random
 from pathlib import Path
 
-from longalign import synthetic
+from tools import synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 # THUDM's tokenization_chatglm.py (Apache-2.0) is never copied into the repository: the tests load it from the

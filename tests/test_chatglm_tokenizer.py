@@ -9,9 +9,10 @@ import json
 import pytest
 import spm_fixtures as fx
 
-from longalign import chat, synthetic
+from longalign import chat
 from longalign.scriptargs import UserError
 from longalign.tokenization import CHATGLM_SPECIAL_TOKENS, chatglm_tokenizer, load_tokenizer
+from tools import synthetic
 
 REF = fx.reference_module()
 needs_reference = pytest.mark.skipif(REF is None, reason=f"THUDM's reference tokenizer not found at {fx.REFERENCE}")

@@ -1,13 +1,13 @@
 """The judge client against a local OpenAI-compatible server that injects 429s, 500s, slow replies and
-unparsable replies (longalign.fault_server): scores come through, failures are counted, nothing raises."""
+unparsable replies (tools.fault_server): scores come through, failures are counted, nothing raises."""
 
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from longalign.fault_server import FaultServer, marker
 from longalign.judge import judge, make_client, parse_score
 from longalign.scriptargs import UserError
+from tools.fault_server import FaultServer, marker
 
 
 @pytest.fixture()

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from longalign import synthetic_eval
-from longalign.fault_server import FaultServer
 from longalign.generation import JsonlTable, choose_template, truncate_text_middle
 from longalign.scriptargs import UserError, run_main
+from tools import synthetic_eval
+from tools.fault_server import FaultServer
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("lbc_eval", ROOT / "LongBench_Chat" / "eval.py")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from longalign import needle_check, synthetic
+from tools import needle_check, synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 NEEDLE, QUESTION = synthetic.fact_sentence("Zorbalin", "4821"), synthetic.fact_question("Zorbalin")

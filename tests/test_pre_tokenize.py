@@ -210,7 +210,7 @@ def test_user_errors_are_one_sentence(tmp_path, tokenizer_dir, capsys):
 
 def test_a_template_that_refuses_a_conversation_skips_it(tmp_path, tokenizer, chat_data_dir):
     """Some chat templates raise on a system turn: that conversation is skipped and counted, not fatal."""
-    from longalign.synthetic import CHAT_TEMPLATE
+    from tools.synthetic import CHAT_TEMPLATE
 
     strict = "{% if messages[0]['role'] == 'system' %}{{ raise_exception('no system turns') }}{% endif %}"
     tok_dir = tmp_path / "tok"

@@ -17,12 +17,13 @@ import torch.nn.functional as F
 import transformers
 
 import pre_tokenize
-from longalign import IGNORE_INDEX, demo_data
+from longalign import IGNORE_INDEX
 from longalign.assets import AssetError
 from longalign.models import load_model
 from longalign.scriptargs import run_main
 from longalign.store import TokenizedStore
 from modeling_llama import LlamaForCausalLM
+from tools import demo_data
 
 # max |diff| of fp32 logits allowed between two forwards that may sum in a different order: 2e-4 is 6e-6 of
 # the largest logit (35). Observed on CPU: stock vs ours 0.0, packed vs per-sequence 6.6e-5.

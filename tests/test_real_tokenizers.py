@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import spm_fixtures as fx
 
-from longalign import chat, needle_check, synthetic
+from longalign import chat
 from longalign.assets import AssetError, pypi_file
 from longalign.chat import IGNORE_INDEX
 from longalign.tokenization import load_tokenizer
+from tools import needle_check, synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 MISTRAL = ("mistral-common==1.13.1", "mistral_common/data/tokenizer.model.v1")

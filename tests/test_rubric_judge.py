@@ -1,4 +1,4 @@
-"""longalign/rubric_judge.py, the quickstart's offline judge (NOT GPT-4): token F1 against the reference
+"""tools/rubric_judge.py, the quickstart's offline judge (NOT GPT-4): token F1 against the reference
 answer by hand, the prompts it reads, and a LongBench-Chat run judged by it through the real client path."""
 
 import importlib.util
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from longalign import demo_data, rubric_judge, synthetic_eval
-from longalign.fault_server import FaultServer
 from longalign.judge import judge, make_client
+from tools import demo_data, rubric_judge, synthetic_eval
+from tools.fault_server import FaultServer
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTION = "To whom should questions about the print package be sent, and where are copies of the print archive kept?"

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from longalign import synthetic
+from tools import synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,10 +94,10 @@ def test_cli_writes_everything(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# longalign/demo_data.py: the quickstart's real-English data for the real model
+# tools/demo_data.py: the quickstart's real-English data for the real model
 
 def test_stdlib_prose_is_real_english_and_train_and_eval_share_nothing():
-    from longalign import demo_data
+    from tools import demo_data
 
     train = demo_data.stdlib_paragraphs(demo_data.TRAIN_MODULES)
     held_out = demo_data.held_out_paragraphs()
@@ -114,7 +114,7 @@ def _statements(text, family):
     """(subject, value) of every statement of `family` in text."""
     import re
 
-    from longalign import demo_data
+    from tools import demo_data
 
     pattern = re.escape(demo_data.FAMILIES[family][0]).replace(r"\{s\}", r"(\w+)").replace(r"\{v\}", r"([\w ]+?)")
     return re.findall(pattern, text)
@@ -123,7 +123,7 @@ def _statements(text, family):
 def test_demo_chats_answer_from_the_document_among_look_alikes():
     import random
 
-    from longalign import demo_data
+    from tools import demo_data
 
     rng, paragraphs = random.Random(5), demo_data.stdlib_paragraphs(demo_data.TRAIN_MODULES)
     kinds = set()
@@ -148,7 +148,7 @@ def test_demo_chats_answer_from_the_document_among_look_alikes():
 def test_needle_haystack_and_lbc_cases(tmp_path):
     import yaml
 
-    from longalign import demo_data
+    from tools import demo_data
 
     needle, question, key = demo_data.needle()
     config = yaml.safe_load((ROOT / "Needle_test" / "config-quickstart-prompt.yaml").read_text())

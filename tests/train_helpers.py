@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from longalign import synthetic
+from tools import synthetic
 
 
 def make_store(root: Path, tokenizer_dir: Path, num_long=3, num_short=9, long_min_words=60, max_length=2048,

@@ -10,10 +10,10 @@ The published benchmark ships three files; this writes files of the same schema:
 
 Each case hides a fact in a synthetic document (the quickstart's fact shape); one case in four asks
 in Chinese so per-language means have something to average. `markers` adds a fault-server marker
-(longalign.fault_server) to chosen questions, so a test knows each case's judge score in advance.
+(tools.fault_server) to chosen questions, so a test knows each case's judge score in advance.
 
 Run as:
-    python -m longalign.synthetic_eval --out runs/lbc_data --num_cases 8 [--min_words 300]
+    python -m tools.synthetic_eval --out runs/lbc_data --num_cases 8 [--min_words 300]
 """
 
 import argparse
@@ -21,7 +21,7 @@ import json
 import random
 from pathlib import Path
 
-from longalign import fault_server, synthetic
+from tools import fault_server, synthetic
 
 # Our own judge instructions (the published prompt_fs.txt is the user's to supply for real runs).
 JUDGE_PROMPT = """You grade an AI assistant's answer to a question about a long document.
@@ -82,7 +82,7 @@ def write_cases(out: Path, num_cases: int, min_words: int = 300, seed: int = 0, 
 
 
 def write_files(out: Path, cases: list, shots: list) -> Path:
-    """The three files of the published schema (cases and few-shots from here or longalign.demo_data)."""
+    """The three files of the published schema (cases and few-shots from here or tools.demo_data)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "test_cases.json").write_text(json.dumps(cases, ensure_ascii=False, indent=1), encoding="utf-8")
     (out / "few_shots.json").write_text(json.dumps(shots, ensure_ascii=False, indent=1), encoding="utf-8")

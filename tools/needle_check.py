@@ -8,7 +8,7 @@ SentencePiece-style metaspace, like Llama-2 and ChatGLM3; WordPiece with BERT's 
 punctuation splitting), so placement is tested on tokenizers whose period tokens look nothing alike.
 
 Run as (the figures in the README):
-    python -m longalign.needle_check --lengths 1000,4000,16000
+    python -m tools.needle_check --lengths 1000,4000,16000
 """
 
 import argparse
@@ -16,7 +16,7 @@ import random
 import tempfile
 from pathlib import Path
 
-from longalign import synthetic
+from tools import synthetic
 
 KINDS = ("bpe", "unigram", "wordpiece")
 

@@ -16,15 +16,15 @@ can check by hand:
 (Plain token F1 over all words, tried first, gave 8.4 / 10 to an answer with one of its two facts wrong,
 because the words shared with the question dominate.) It reads the question, the reference and the answer
 out of the judge prompt the scripts send — the sections "Question:", "Reference answer:" and "Answer to
-grade:" (longalign/synthetic_eval.py's prompt_fs.txt) or "Assistant's answer:" (Needle_test/eval.py's
+grade:" (tools/synthetic_eval.py's prompt_fs.txt) or "Assistant's answer:" (Needle_test/eval.py's
 rubric) — and replies with its arithmetic and the rating as [[x]], so it is served through the same
-client, retries and files as a real judge (longalign/fault_server.py answers every judge request that
+client, retries and files as a real judge (tools/fault_server.py answers every judge request that
 carries no fault marker this way). A prompt without those sections gets a reply without a rating, which
 the client counts as a failed judgement (never a made-up score). Word overlap is not understanding: a
 correct paraphrase scores lower than a copy, and words the answer adds beyond the reference lower it.
 
 Run as (the quickstart does this):
-    python -m longalign.rubric_judge --port 8766 &
+    python -m tools.rubric_judge --port 8766 &
     OPENAI_API_KEY=local python LongBench_Chat/eval.py ... --judge_base_url http://127.0.0.1:8766/v1 --judge_model rubric-f1
 """
 
@@ -86,7 +86,7 @@ def reply(prompt: str) -> str:
 
 
 def main(argv=None):
-    from longalign.fault_server import serve
+    from tools.fault_server import serve
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--port", type=int, default=8766, help="port on 127.0.0.1")

@@ -12,7 +12,7 @@ under concurrency:
 - `score`: the rating of the normal reply, written as `[[7]]` at the end, after a decoy "[[rating]]"
   so that only a parser that takes the LAST [[...]] gets it right. `score=none`: every reply is
   garbage, so the judgement must end as failed.
-- no marker: the reply of the rubric judge (longalign/rubric_judge.py: token F1 of the answer against the
+- no marker: the reply of the rubric judge (tools/rubric_judge.py: token F1 of the answer against the
   reference answer in the prompt, mapped to 1-10; no rating if the prompt has neither).
 - a request whose model name starts with `echo` is a generation request (LongBench-Chat's
   `--gen_base_url`): the reply repeats the last 80 characters of the user message; no faults.
@@ -20,7 +20,7 @@ under concurrency:
 It counts requests per case so tests can prove that a resumed run asked nothing again.
 
 Run as:
-    python -m longalign.fault_server --port 8765      # then OPENAI_BASE_URL=http://127.0.0.1:8765/v1
+    python -m tools.fault_server --port 8765      # then OPENAI_BASE_URL=http://127.0.0.1:8765/v1
 """
 
 import argparse
@@ -32,8 +32,8 @@ import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from longalign import rubric_judge
 from longalign.judge import parse_score
+from tools import rubric_judge
 
 MARKER = re.compile(r"\{\{judge ([^}]*)\}\}")
 GARBAGE = "This answer is hard to rate; I would put it somewhere in the middle of the scale."

@@ -18,14 +18,14 @@ Three disjoint parts keep the evaluation honest:
 so the trained model is scored on documents, fact shapes and questions it never saw in training.
 
 Run as:
-    python -m longalign.demo_data --out runs/quickstart/data [--num_long 160 --long_min_words 150 --num_short 60]
+    python -m tools.demo_data --out runs/quickstart/data [--num_long 160 --long_min_words 150 --num_short 60]
 
 Writes:
     <out>/raw/long.jsonl      long chats: a document (min_words..8x words), a question about one fact, its answer
                               (one in four has a second round; one in four asks about two facts at once)
     <out>/raw/sharegpt.jsonl  short chats of the same kind (1-3 paragraphs), the ShareGPT stand-in
     <out>/haystack/*.txt      the Needle test's haystack: EVAL_MODULES prose with NEEDLE-family look-alikes
-    <out>/lbc/                test_cases.json, few_shots.json, prompt_fs.txt (longalign/synthetic_eval.py schema)
+    <out>/lbc/                test_cases.json, few_shots.json, prompt_fs.txt (tools/synthetic_eval.py schema)
 """
 
 import argparse
@@ -309,7 +309,7 @@ def lbc_cases(num_cases: int, min_words: int = 600, seed: int = 0) -> tuple[list
 
 
 def main(argv=None) -> None:
-    from longalign import synthetic_eval
+    from tools import synthetic_eval
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)

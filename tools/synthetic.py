@@ -5,7 +5,7 @@ them in a fraction of a second, and the model is random. Tests and the quickstar
 of the hub.
 
 Run as:
-    python -m longalign.synthetic --out data/demo [--num_long 48 --long_min_words 500 --num_short 400]
+    python -m tools.synthetic --out data/demo [--num_long 48 --long_min_words 500 --num_short 400]
 
 Writes:
     <out>/raw/long.jsonl      long conversations: a document hiding one fact + a question about it
