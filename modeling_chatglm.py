@@ -13,7 +13,7 @@ keys `transformer.embedding.word_embeddings`, `transformer.encoder.layers.N.*`,
     response, history = model.chat(tokenizer, "Summarise the report.", history=[])
 
 The forward contract is modeling_llama.py's (cu_seqlens, unshifted labels, loss_weights; see there).
-The architecture is transformers' GlmForCausalLM under other key names (shared/DESIGN.md): RMSNorm,
+The architecture is transformers' GlmForCausalLM under other key names (mapping in docs/models.md): RMSNorm,
 grouped/multi-query attention with bias on the fused QKV only, rotary on the first half of each head
 with interleaved pairs and base 10000 * rope_ratio, SwiGLU with `dense_h_to_4h` = [gate; up], an
 untied output layer. `rope_ratio` comes from the config (absent = 1); the original LongAlign code

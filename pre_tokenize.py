@@ -19,7 +19,7 @@ Outputs (--output_dir, default data/<model>/<datanum>/, read by sort_and_group.p
                 kept + sum(skipped.values()) == lines_read
 
 Bad lines never stop the run (unless --strict) and never vanish: each is repaired and kept or skipped,
-and counted under its reason in meta.json (README, "Data pipeline", lists them).
+and counted under its reason in meta.json (docs/data.md lists them).
 """
 
 import itertools

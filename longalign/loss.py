@@ -11,7 +11,7 @@ Nothing is recomputed and no (T, V) tensor exists.
 What the loss is (labels UNSHIFTED, the model shifts; IGNORE_INDEX = -100 is not a target):
     with loss_weights:  sum_t w_t * CE_t   over target tokens t, NO normalisation
                         (w_t is the weight stored at the target's own position; the training code
-                        puts w_t = K / (N_i * M) there for Eq. 4)
+                        puts w_t = W / (M * N_i) there for Eq. 2 and 4; docs/training.md)
     without:            mean of CE_t over the target tokens of this call (0 when there are none)
 With `cu_seqlens` the last token of a packed sequence never predicts the first token of the next.
 

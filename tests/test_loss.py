@@ -131,7 +131,7 @@ def test_fp16_gradients_survive_loss_scaling():
     hidden = torch.randn(N, H_, generator=g, dtype=torch.float64).half()
     weight = (0.02 * torch.randn(V_, H_, generator=g, dtype=torch.float64)).half()
     targets = torch.randint(0, V_, (N,), generator=g)
-    w = torch.full((N,), 8 / (96 * 20000))         # K / (N_i * M) with K = 8 GPUs, M = 96, N_i = 20,000
+    w = torch.full((N,), 8 / (96 * 20000))         # W / (M * N_i) with W = 8 GPUs, M = 96, N_i = 20,000
 
     def scaled_grads(loss_fn, dtype):
         h, W = (x.to(dtype, copy=True).requires_grad_() for x in (hidden, weight))

@@ -1,4 +1,4 @@
-"""modeling_chatglm.py against transformers' GlmForCausalLM through the key mapping of DESIGN.md."""
+"""modeling_chatglm.py against transformers' GlmForCausalLM through the key mapping in docs/models.md."""
 
 import json
 
@@ -34,7 +34,7 @@ def glm_reference(c: dict, rope_ratio) -> transformers.GlmForCausalLM:
 
 
 def to_chatglm_state_dict(glm: transformers.GlmForCausalLM) -> dict:
-    """DESIGN.md's mapping, inverted: Glm keys -> the chatglm checkpoint keys."""
+    """The key mapping (docs/models.md), inverted: Glm keys -> the chatglm checkpoint keys."""
     sd, out = glm.state_dict(), {}
     out["transformer.embedding.word_embeddings.weight"] = sd["model.embed_tokens.weight"]
     out["transformer.encoder.final_layernorm.weight"] = sd["model.norm.weight"]

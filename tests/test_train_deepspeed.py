@@ -35,7 +35,7 @@ def free_port() -> int:
 
 
 def cpu_zero3_config(path: Path, name: str = "stage3.json") -> Path:
-    """ds_config/<name> with the CPU-test settings of DESIGN.md: no prefetch (a rank sometimes aborts
+    """ds_config/<name> with the CPU-test settings: no prefetch (a rank sometimes aborts
     at exit with it on CPU), every parameter partitioned however small. Nothing else changes: bf16/fp16 stay
     "auto" (DeepSpeed 0.19.8 runs both on the CPU, tests/test_paper_config.py), offload stays on."""
     config = json.loads((ROOT / "ds_config" / name).read_text())
