@@ -39,7 +39,7 @@ stage demo_model scripts/get_demo_model.py \
   python scripts/get_demo_model.py --out "$MODEL"
 
 # 80 long chats (100-800 words of docstrings, 3-10 look-alike facts each, a question about one of them) and
-# 40 short ones: ~58k tokens, 29 packs of 2,048.
+# 40 short ones: 58,570 tokens (chats of 210-1,241), 30 packs of <= 2,048, one optimizer step each.
 stage data longalign/demo_data.py \
   python -m longalign.demo_data --out "$DATA" --num_long 80 --long_min_words 100 --num_short 40
 
@@ -90,7 +90,7 @@ def cell(x):
 
 rows = [("Needle test, 20 cells of 500-2,000 tokens (10 if the answer has \"45 seconds\", else 1)",
          run / "needle/{}/summary.json"),
-        ("LongBench-Chat-shaped, 8 cases (rubric judge: 1 + 9 x token F1 vs reference, NOT GPT-4)",
+        ("LongBench-Chat-shaped, 8 cases (judge NOT GPT-4: 1 + 9 x F1 vs the reference's answering words)",
          run / "lbc/{}/scores.json")]
 print(f"{'mean score, 1-10':88s} {'before':>7s} {'after':>7s}")
 for name, path in rows:
