@@ -30,7 +30,7 @@ head -1 "$OUT.judge.log"
 # lbc_run NAME MODEL: answers (greedy, 64 new tokens) and rubric scores of one model in $OUT/NAME.
 lbc_run() {
   rm -rf "${OUT:?}/$1"  # resumable by design; start clean so that every quickstart measures its own models
-  OPENAI_API_KEY=local python LongBench_Chat/eval.py --model_path "$2" --data_dir "$RUN/data/lbc" \
+  OPENAI_API_KEY=local python LongBench_Chat/eval.py --model_name_or_path "$2" --data_dir "$RUN/data/lbc" \
     --output_dir "$OUT/$1" --max_length 4096 --max_new_tokens 64 --temperature 0 \
     --judge_base_url "http://127.0.0.1:$port/v1" --judge_model rubric-f1-not-gpt4 --judge_runs 1
 }

