@@ -31,11 +31,13 @@ Python boundaries the SDPA path slices with, and `max_seqlen` for the kernels) a
 
 import dataclasses
 import inspect
+import sys
 import warnings
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 HALF = (torch.float16, torch.bfloat16)
 
@@ -273,7 +275,8 @@ def select_backend(device_type: str | None = None) -> Backend:
                               f"({torch.__version__}), or uninstall it.", stacklevel=2)
     if chosen is None:
         chosen = Backend(_SDPA_NAME + (f" [{'; '.join(why)}]" if device_type else " [no CUDA]"))
-    print(f"[attention] backend: {chosen.name}", flush=True)
+    # tqdm.write: a line of its own even while a training or generation progress bar is drawn
+    tqdm.write(f"[attention] backend: {chosen.name}", file=sys.stdout)
     _backend = chosen
     return chosen
 

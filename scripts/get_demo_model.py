@@ -72,7 +72,7 @@ def get_demo_model(out: str | Path = "data/smollm2-135m-instruct", cache_dir: st
 
 
 def main(argv=None):
-    (args,) = parse_args(Args, argv)
+    (args,) = parse_args(Args, argv, aliases={"--out": "--output_dir"})
     t0, existed = time.time(), is_complete(Path(args.output_dir))
     try:
         out = get_demo_model(args.output_dir, args.cache_dir)

@@ -41,7 +41,7 @@ stage demo_model scripts/get_demo_model.py \
 # 80 long chats (100-800 words of docstrings, 3-10 look-alike facts each, a question about one of them) and
 # 40 short ones: 58,570 tokens (chats of 210-1,241), 30 packs of <= 2,048, one optimizer step each.
 stage data tools/demo_data.py \
-  python -m tools.demo_data --out "$DATA" --num_long 80 --long_min_words 100 --num_short 40
+  python -m tools.demo_data --output_dir "$DATA" --num_long 80 --long_min_words 100 --num_short 40
 
 stage pre_tokenize pre_tokenize.py \
   python pre_tokenize.py --model_name_or_path "$MODEL" --template chat_template --long_file "$DATA/raw/long.jsonl" \

@@ -31,6 +31,12 @@ SCRIPTS = {
     "bench/bench_tokenize.py": ("--repets", "--repeats"),
     "bench/bench_host_syncs.py": ("--tre", "--tree"),
     "-m longalign.tokenization": ("--kidn", "--kind"),
+    "tools/synthetic.py": ("--num_lng", "--num_long"),
+    "tools/demo_data.py": ("--num_lbcs", "--num_lbc"),
+    "tools/synthetic_eval.py": ("--num_case", "--num_cases"),
+    "tools/fault_server.py": ("--prot", "--port"),
+    "tools/rubric_judge.py": ("--prot", "--port"),
+    "tools/needle_check.py": ("--depth", "--depths"),
 }
 
 

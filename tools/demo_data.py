@@ -18,7 +18,7 @@ Three disjoint parts keep the evaluation honest:
 so the trained model is scored on documents, fact shapes and questions it never saw in training.
 
 Run as:
-    python -m tools.demo_data --out runs/quickstart/data [--num_long 160 --long_min_words 150 --num_short 60]
+    python -m tools.demo_data --output_dir runs/quickstart/data [--num_long 160 --long_min_words 150 --num_short 60]
 
 Writes:
     <out>/raw/long.jsonl      long chats: a document (min_words..8x words), a question about one fact, its answer
@@ -28,7 +28,6 @@ Writes:
     <out>/lbc/                test_cases.json, few_shots.json, prompt_fs.txt (tools/synthetic_eval.py schema)
 """
 
-import argparse
 import contextlib
 import importlib
 import inspect
@@ -37,7 +36,10 @@ import json
 import random
 import re
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from longalign.scriptargs import parse_args, run_main
 
 # ---------------------------------------------------------------------------------------------
 # 1. Prose from the standard library's docstrings. Modules present in Python 3.11-3.13; the two
@@ -308,25 +310,28 @@ def lbc_cases(num_cases: int, min_words: int = 600, seed: int = 0) -> tuple[list
     return cases, shots
 
 
+@dataclass
+class Args:
+    output_dir: str = field(metadata={"help": "output folder (alias --out)"})
+    num_long: int = field(default=160, metadata={"help": "long chats (LongAlign-10k stand-in)"})
+    long_min_words: int = field(default=150, metadata={"help": "shortest long document; the longest is 8x"})
+    num_short: int = field(default=60, metadata={"help": "short chats (ShareGPT stand-in)"})
+    num_lbc: int = field(default=8, metadata={"help": "LongBench-Chat-shaped cases"})
+    lbc_min_words: int = field(default=600, metadata={"help": "shortest LongBench-Chat-shaped document (longest 2x)"})
+    seed: int = field(default=0, metadata={"help": "seed of the documents and facts"})
+
+
 def main(argv=None) -> None:
     from tools import synthetic_eval
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--num_long", type=int, default=160, help="long chats (LongAlign-10k stand-in)")
-    p.add_argument("--long_min_words", type=int, default=150, help="shortest long document; the longest is 8x")
-    p.add_argument("--num_short", type=int, default=60, help="short chats (ShareGPT stand-in)")
-    p.add_argument("--num_lbc", type=int, default=8, help="LongBench-Chat-shaped cases")
-    p.add_argument("--lbc_min_words", type=int, default=600, help="shortest LongBench-Chat-shaped document (longest 2x)")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    counts = write_train_data(args.out, args.num_long, args.num_short, args.long_min_words, args.seed)
-    write_haystack(args.out / "haystack")
-    synthetic_eval.write_files(args.out / "lbc", *lbc_cases(args.num_lbc, args.lbc_min_words, args.seed))
+    (args,) = run_main(lambda a: parse_args((Args,), a, aliases={"--out": "--output_dir"}), argv)
+    out = Path(args.output_dir)
+    counts = write_train_data(out, args.num_long, args.num_short, args.long_min_words, args.seed)
+    write_haystack(out / "haystack")
+    synthetic_eval.write_files(out / "lbc", *lbc_cases(args.num_lbc, args.lbc_min_words, args.seed))
     print(f"demo_data: {counts['num_long']} long ({counts['long_words_min']}-{counts['long_words_max']} words) and "
           f"{counts['num_short']} short chats from {counts['paragraphs']} docstring paragraphs, a haystack, "
-          f"{args.num_lbc} LongBench-Chat-shaped cases -> {args.out}")
+          f"{args.num_lbc} LongBench-Chat-shaped cases -> {out}")
 
 
 if __name__ == "__main__":

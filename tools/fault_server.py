@@ -23,16 +23,17 @@ Run as:
     python -m tools.fault_server --port 8765      # then OPENAI_BASE_URL=http://127.0.0.1:8765/v1
 """
 
-import argparse
 import json
 import re
 import signal
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from longalign.judge import parse_score
+from longalign.scriptargs import parse_args, run_main
 from tools import rubric_judge
 
 MARKER = re.compile(r"\{\{judge ([^}]*)\}\}")
@@ -166,12 +167,15 @@ def serve(port: int, what: str, slow_s: float = 3.0, retry_after_ms: int = 20) -
         print(f"requests: {dict(srv.requests)}; served: {dict(srv.served)}", flush=True)
 
 
+@dataclass
+class Args:
+    port: int = field(default=8765, metadata={"help": "port on 127.0.0.1"})
+    slow_s: float = field(default=3.0, metadata={"help": "delay of a 'slow' reply in seconds"})
+    retry_after_ms: int = field(default=20, metadata={"help": "Retry-After sent with 429/500"})
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1")
-    p.add_argument("--slow_s", type=float, default=3.0, help="delay of a 'slow' reply in seconds")
-    p.add_argument("--retry_after_ms", type=int, default=20, help="Retry-After sent with 429/500")
-    args = p.parse_args(argv)
+    (args,) = run_main(lambda a: parse_args((Args,), a), argv)
     serve(args.port, "fault server", args.slow_s, args.retry_after_ms)
 
 

@@ -11,11 +11,12 @@ Run as (the figures in the README):
     python -m tools.needle_check --lengths 1000,4000,16000
 """
 
-import argparse
 import random
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from longalign.scriptargs import parse_args, run_main
 from tools import synthetic
 
 KINDS = ("bpe", "unigram", "wordpiece")
@@ -71,15 +72,18 @@ def placement_error(tokenizer, context: str, needle: str, depth: float) -> tuple
     return 100 * abs(start - depth / 100 * (n_ctx - n_needle)) / n_ctx, start, n_ctx
 
 
+@dataclass
+class Args:
+    lengths: str = field(default='1000,4000,16000', metadata={"help": "context lengths in tokens"})
+    depths: str = field(default='0,10,20,30,40,50,60,70,80,90,100', metadata={"help": "needle depths in percent"})
+    haystack_dir: str = field(default='', metadata={"help": "folder of .txt files (default: the synthetic haystack)"})
+
+
 def main(argv=None):
     import importlib.util
     import json
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--lengths", default="1000,4000,16000", help="context lengths in tokens")
-    p.add_argument("--depths", default="0,10,20,30,40,50,60,70,80,90,100", help="needle depths in percent")
-    p.add_argument("--haystack_dir", default="", help="folder of .txt files (default: the synthetic haystack)")
-    args = p.parse_args(argv)
+    (args,) = run_main(lambda a: parse_args((Args,), a), argv)
     spec = importlib.util.spec_from_file_location(
         "needle_prompt", Path(__file__).resolve().parents[1] / "Needle_test" / "prompt.py")
     prompt = importlib.util.module_from_spec(spec)

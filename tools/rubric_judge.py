@@ -28,10 +28,12 @@ Run as (the quickstart does this):
     OPENAI_API_KEY=local python LongBench_Chat/eval.py ... --judge_base_url http://127.0.0.1:8766/v1 --judge_model rubric-f1
 """
 
-import argparse
 import re
 import string
 from collections import Counter
+from dataclasses import dataclass, field
+
+from longalign.scriptargs import parse_args, run_main
 
 _QUESTION = re.compile(r"Question:[ \t]*\n?(.*?)\n(?:\s*\n|Reference answer:)", re.S)
 _REFERENCE = re.compile(r"Reference answer:[ \t]*\n?(.*?)\n(?:\s*\n|Assistant's answer:)", re.S)
@@ -85,12 +87,15 @@ def reply(prompt: str) -> str:
             f"= {f['recall']:.2f}, F1 {f['f1']:.3f}; rating 1 + 9 x F1 = [[{rating(answer, reference, question)}]]")
 
 
+@dataclass
+class Args:
+    port: int = field(default=8766, metadata={"help": "port on 127.0.0.1"})
+
+
 def main(argv=None):
     from tools.fault_server import serve
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--port", type=int, default=8766, help="port on 127.0.0.1")
-    args = p.parse_args(argv)
+    (args,) = run_main(lambda a: parse_args((Args,), a), argv)
     serve(args.port, "rubric judge (token F1 against the reference answer, NOT GPT-4)")
 
 

@@ -5,7 +5,7 @@ them in a fraction of a second, and the model is random. Tests and the quickstar
 of the hub.
 
 Run as:
-    python -m tools.synthetic --out data/demo [--num_long 48 --long_min_words 500 --num_short 400]
+    python -m tools.synthetic --output_dir data/demo [--num_long 48 --long_min_words 500 --num_short 400]
 
 Writes:
     <out>/raw/long.jsonl      long conversations: a document hiding one fact + a question about it
@@ -19,11 +19,13 @@ Every line is {"messages": [{"role": "system"|"user"|"assistant", "content": str
 input format of pre_tokenize.py.
 """
 
-import argparse
 import json
 import math
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from longalign.scriptargs import parse_args, run_main
 
 # ---------------------------------------------------------------------------------------------
 # Words and sentences. Pseudo-words from syllables give an open vocabulary that no tokenizer has
@@ -234,26 +236,28 @@ def build_tiny_llama(out: Path, tokenizer, hidden_size: int = 64, num_layers: in
     return model
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--num_long", type=int, default=48, help="long conversations (LongAlign-10k stand-in)")
-    p.add_argument("--long_min_words", type=int, default=500,
-                   help="shortest long document in words; the longest is 8x this (8k-64k in the paper)")
-    p.add_argument("--num_short", type=int, default=400, help="short chats (ShareGPT stand-in)")
-    p.add_argument("--vocab_size", type=int, default=1024, help="BPE vocabulary size")
-    p.add_argument("--hidden_size", type=int, default=64, help="tiny Llama hidden size")
-    p.add_argument("--num_layers", type=int, default=2, help="tiny Llama layers")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
+@dataclass
+class Args:
+    output_dir: str = field(metadata={"help": "output folder (alias --out)"})
+    num_long: int = field(default=48, metadata={"help": "long conversations (LongAlign-10k stand-in)"})
+    long_min_words: int = field(default=500, metadata={"help": "shortest long document in words; the longest is 8x this (8k-64k in the paper)"})
+    num_short: int = field(default=400, metadata={"help": "short chats (ShareGPT stand-in)"})
+    vocab_size: int = field(default=1024, metadata={"help": "BPE vocabulary size"})
+    hidden_size: int = field(default=64, metadata={"help": "tiny Llama hidden size"})
+    num_layers: int = field(default=2, metadata={"help": "tiny Llama layers"})
+    seed: int = field(default=0, metadata={"help": "seed of the chats, tokenizer and weights"})
 
-    counts = write_chat_data(args.out, args.num_long, args.num_short, args.long_min_words, args.seed)
-    write_haystack(args.out / "haystack")
-    tokenizer = train_tokenizer(args.out / "tokenizer", args.vocab_size, args.seed)
-    build_tiny_llama(args.out / "tiny-llama", tokenizer, args.hidden_size, args.num_layers, seed=args.seed)
+
+def main(argv=None) -> None:
+    (args,) = run_main(lambda a: parse_args((Args,), a, aliases={"--out": "--output_dir"}), argv)
+    out = Path(args.output_dir)
+
+    counts = write_chat_data(out, args.num_long, args.num_short, args.long_min_words, args.seed)
+    write_haystack(out / "haystack")
+    tokenizer = train_tokenizer(out / "tokenizer", args.vocab_size, args.seed)
+    build_tiny_llama(out / "tiny-llama", tokenizer, args.hidden_size, args.num_layers, seed=args.seed)
     print(f"synthetic: {counts['num_long']} long ({counts['long_words_min']}-{counts['long_words_max']} words), "
-          f"{counts['num_short']} short chats, tokenizer vocab {len(tokenizer)}, tiny-llama -> {args.out}")
+          f"{counts['num_short']} short chats, tokenizer vocab {len(tokenizer)}, tiny-llama -> {out}")
 
 
 if __name__ == "__main__":

@@ -13,14 +13,15 @@ in Chinese so per-language means have something to average. `markers` adds a fau
 (tools.fault_server) to chosen questions, so a test knows each case's judge score in advance.
 
 Run as:
-    python -m tools.synthetic_eval --out runs/lbc_data --num_cases 8 [--min_words 300]
+    python -m tools.synthetic_eval --output_dir runs/lbc_data --num_cases 8 [--min_words 300]
 """
 
-import argparse
 import json
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from longalign.scriptargs import parse_args, run_main
 from tools import fault_server, synthetic
 
 # Our own judge instructions (the published prompt_fs.txt is the user's to supply for real runs).
@@ -90,15 +91,19 @@ def write_files(out: Path, cases: list, shots: list) -> Path:
     return out
 
 
+@dataclass
+class Args:
+    output_dir: str = field(metadata={"help": "folder for the three files (alias --out)"})
+    num_cases: int = field(default=8, metadata={"help": "number of cases"})
+    min_words: int = field(default=300, metadata={"help": "shortest document in words (longest 2x)"})
+    seed: int = field(default=0, metadata={"help": "seed of the documents and facts"})
+    fault_markers: bool = field(default=False, metadata={
+        "help": "add fault-server markers: scores 1-10 cycling, faults on cases 1-3, case 2 always fails"})
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, required=True, help="folder for the three files")
-    p.add_argument("--num_cases", type=int, default=8, help="number of cases")
-    p.add_argument("--min_words", type=int, default=300, help="shortest document in words (longest 2x)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the documents and facts")
-    p.add_argument("--fault_markers", action="store_true",
-                   help="add fault-server markers: scores 1-10 cycling, faults on cases 1-3, case 2 always fails")
-    args = p.parse_args(argv)
+    (args,) = run_main(lambda a: parse_args((Args,), a, aliases={"--out": "--output_dir"}), argv)
+    out = Path(args.output_dir)
     markers = None
     if args.fault_markers:
         # Case 1 sees 429, 500, 500; case 2 never gets a rating; case 3 one slow reply and one garbage.
@@ -106,8 +111,8 @@ def main(argv=None):
         markers[1] = (markers[1][0], ("429", "500", "500"))
         markers[2] = (None, ())
         markers[3] = (markers[3][0], ("slow", "garbage"))
-    write_cases(args.out, args.num_cases, args.min_words, args.seed, markers)
-    print(f"synthetic_eval: {args.num_cases} LongBench-Chat-shaped cases -> {args.out}")
+    write_cases(out, args.num_cases, args.min_words, args.seed, markers)
+    print(f"synthetic_eval: {args.num_cases} LongBench-Chat-shaped cases -> {out}")
 
 
 if __name__ == "__main__":
