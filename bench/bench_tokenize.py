@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+# forced, not defaulted: scripts/setup_env.sh exports "false", which would time ours on one Rust thread
+os.environ["TOKENIZERS_PARALLELISM"] = "true"
 
 import pre_tokenize
 from longalign import chat
