@@ -69,7 +69,7 @@ class ModelArguments:
                                              "loading (with DeepSpeed --bf16 the optimizer keeps fp32 master weights)"})
     attn_implementation: str | None = field(
         default=None, metadata={"help": "attention kernel passed to from_pretrained (default: the model file's)"})
-    trust_remote_code: bool = field(default=False, metadata={"help": "allow the tokenizer's own code (ChatGLM3)"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow a checkpoint's own code (ChatGLM3 / LongAlign-6B need none: longalign/tokenization.py builds their tokenizer)"})
 
 
 @dataclass

@@ -11,11 +11,11 @@
 #   bf16 parameter + gradient shards (6.24 B params / 8) + 2 gathered layers =  3.9 GB
 #   total ~ 13.5 GB of 80 (without SP, one GPU would hold the whole row: ~ 75 GB, no headroom left)
 # Heads: 32 query heads / 8 = 4 per GPU; the 2 KV groups are replicated 4x by DeepSpeed (exact).
-# Data: python pre_tokenize.py --model THUDM/chatglm3-6b-128k --template chatglm --trust_remote_code true \
+# Data: python pre_tokenize.py --model THUDM/chatglm3-6b-128k --template chatglm \
 #           --datanum 10k --max_length 131072 --out_dir data/chatglm3-128k/10k
 #       python sort_and_group.py --train_file data/chatglm3-128k/10k --group_size 1 --max_length 131072
 source "$(dirname "$0")/paper_setup.sh"
 "${LAUNCH[@]}" train.py "${PAPER_ARGS[@]}" \
-  --model_name_or_path THUDM/chatglm3-6b-128k --trust_remote_code true --train_file data/chatglm3-128k/10k \
+  --model_name_or_path THUDM/chatglm3-6b-128k --train_file data/chatglm3-128k/10k \
   --batch_method pack --pack_loss --max_length 131072 --sequence_parallel_size 8 \
   --gradient_accumulation_steps 8 --output_dir output/chatglm3-6b-128k-pack-loss-sp8
