@@ -105,12 +105,17 @@ class Generator:
         self.template, self.template_reason = choose_template(template, self.tokenizer, model_type)
         self.model = load_causal_lm(model_path, trust_remote_code)
 
-    def generate(self, messages: list[dict], streamer=None) -> dict:
-        """streamer: a transformers streamer (e.g. TextStreamer) that prints tokens as they come (in-process)."""
+    def generate(self, messages: list[dict], streamer=None, max_new_tokens: int | None = None,
+                 temperature: float | None = None) -> dict:
+        """streamer: a transformers streamer (e.g. TextStreamer) that prints tokens as they come (in-process).
+        max_new_tokens / temperature: this call's own (LongBench's per-task answer lengths, MT-Bench's
+        per-category temperatures); None = the generator's."""
+        max_new_tokens = self.max_new_tokens if max_new_tokens is None else max_new_tokens
+        temperature = self.temperature if temperature is None else temperature
         if self.client is not None:
             resp = self.client.chat.completions.create(
-                model=self.server_model, messages=messages, max_tokens=self.max_new_tokens,
-                temperature=self.temperature, seed=self.seed)
+                model=self.server_model, messages=messages, max_tokens=max_new_tokens,
+                temperature=temperature, seed=self.seed)
             usage = getattr(resp, "usage", None)
             return {"text": (resp.choices[0].message.content or "").strip(),
                     "prompt_tokens": getattr(usage, "prompt_tokens", None)}
@@ -119,11 +124,11 @@ class Generator:
         ids = torch.tensor([prompt_ids(messages, self.template, self.tokenizer)], device=self.model.device)  # (1, T)
         n = ids.shape[1]
         torch.manual_seed(self.seed)  # per call: a resumed run samples what an uninterrupted one would
-        sample = self.temperature > 0
+        sample = temperature > 0
         with torch.no_grad():
             out = self.model.generate(
-                input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=self.max_new_tokens, do_sample=sample,
-                temperature=self.temperature if sample else None, top_p=None if sample else None,
+                input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=sample,
+                temperature=temperature if sample else None, top_p=None if sample else None,
                 top_k=None, pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
                 streamer=streamer)
         return {"text": self.tokenizer.decode(out[0, n:], skip_special_tokens=True).strip(), "prompt_tokens": n}
