@@ -256,17 +256,21 @@ def results_markdown(name: str, model: str, scores: dict, judges: str) -> str:
 
 def compare(dirs: list[str]) -> str:
     """The ablation table: one row per run folder, from its results.json (or its stages' files)."""
-    rows = []
+    rows, times = [], []
     for d in dirs:
         path = Path(d) / "results.json"
         if not path.is_file():
             raise UserError(f"{path} does not exist; run scripts/eval_all.py --output_dir {d} first")
         res = json.loads(path.read_text(encoding="utf-8"))
         rows.append((res["name"], row_cells(read_scores(Path(d)))))
+        stages = res.get("stages", {})
+        times.append("| " + " | ".join([res["name"], *(f"{stages[s]['seconds']:.0f}" if s in stages else "–"
+                                                        for s in STAGES)]) + " |")
     paper = [(f"{table.split(' (')[1].split(',')[0]}: {row}", paper_cells(values))
              for table, table_rows in PAPER.items() if table.startswith("Table 3") for row, values in table_rows.items()]
-    return (markdown_table(rows) + "\n\nThe paper's Table 3 (GPT-4 judge; its LongBench columns are GPT-4 ratings, "
-            "not LongBench's metrics):\n\n" + markdown_table(paper))
+    seconds = "\n".join(["| seconds, last run | " + " | ".join(STAGES) + " |", "|" + "---|" * (len(STAGES) + 1), *times])
+    return (markdown_table(rows) + "\n\n" + seconds + "\n\nThe paper's Table 3 (GPT-4 judge; its LongBench columns "
+            "are GPT-4 ratings, not LongBench's metrics):\n\n" + markdown_table(paper))
 
 
 # ---------------------------------------------------------------------------------------------
