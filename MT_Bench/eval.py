@@ -23,7 +23,7 @@ Outputs (--output_dir):
     settings.json      generation and judge settings (a re-run with other settings is refused)
     answers.jsonl      one row per question, FastChat's model-answer fields: {question_id, answer_id, model_id,
                        choices: [{index, turns: [a1, a2]}], tstamp} + category, temperature, prompt_tokens, template
-    judgements.jsonl   one row per (question_id, turn): {score | failure, judge: [model, prompt name],
+    judgements.jsonl   one row per (question_id, turn, run): {score | failure, judge: [model, prompt name],
                        user_prompt, judge_reply, asks, answer_id, ...}
     scores.json        mean, turn_1, turn_2, per_category, num_scored, num_failed, judge_requests (this run),
                        generated (this run), judge_model, settings
@@ -106,6 +106,9 @@ class Args:
     trust_remote_code: bool = field(default=False, metadata={"help": "allow a tokenizer that is the checkpoint's own code (not needed for ChatGLM3)"})
     do_judge: bool = field(default=True, metadata={"help": "run the judge after generation (false: answers only)"})
     judge_model: str = field(default="gpt-4", metadata={"help": "judge model name (FastChat: gpt-4)"})
+    judge_runs: int = field(default=1, metadata={
+        "help": "judgements per (question, turn), averaged before the means (FastChat: 1; the paper judged twice: "
+                "scripts/eval_all.py passes 2)"})
     judge_base_url: str | None = field(default=None, metadata={
         "help": "judge endpoint (OpenAI-compatible); default OPENAI_BASE_URL, else api.openai.com. "
                 "The key is read from OPENAI_API_KEY only"})
@@ -118,8 +121,8 @@ class Args:
     def __post_init__(self):
         if self.template not in TEMPLATES:
             raise UserError(f"--template {self.template} is not one of {'|'.join(TEMPLATES)}; pick one")
-        if self.concurrency < 1 or self.max_new_tokens < 1 or (self.limit is not None and self.limit < 1):
-            raise UserError("--concurrency, --max_new_tokens and --limit must be >= 1; fix the flag")
+        if min(self.concurrency, self.max_new_tokens, self.judge_runs, self.limit or 1) < 1:
+            raise UserError("--concurrency, --max_new_tokens, --judge_runs and --limit must be >= 1; fix the flag")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,21 +323,23 @@ def user_prompt(prompt: dict, q: dict, answers: list[str], refs: list[str] | Non
 def run_judge(args: Args, questions: list[dict], prompts: dict, refs: dict, answers: JsonlTable,
               table: JsonlTable) -> int:
     """Judge what is missing; returns the chat requests sent (first asks and re-asks)."""
-    todo = [(q, t) for q in questions for t in TURNS if (q["question_id"], t) not in table]
-    print(f"judgements: {2 * len(questions) - len(todo)} done, {len(todo)} to ask ({args.judge_model}) -> {table.path}")
+    todo = [(q, t, r) for q in questions for t in TURNS for r in range(args.judge_runs)
+            if (q["question_id"], t, r) not in table]
+    print(f"judgements: {2 * len(questions) * args.judge_runs - len(todo)} done, {len(todo)} to ask "
+          f"({args.judge_model}, {args.judge_runs} per turn) -> {table.path}")
     if not todo:
         return 0
     client = make_client(args.judge_base_url, args.judge_timeout, args.judge_max_retries)
 
     def one(item):
-        q, turn = item
+        q, turn, run = item
         name = judge_prompt_name(q["category"], turn)
         answer = answers.rows[q["question_id"]]
         ref = refs[q["question_id"]] if q["category"] in NEED_REF_CATS else None
         text = user_prompt(prompts[name], q, answer["choices"][0]["turns"], ref, turn)
         j = judge(client, args.judge_model, text, prompts[name]["system_prompt"], args.judge_max_reasks,
                   temperature=0.0, max_tokens=JUDGE_MAX_TOKENS)
-        return {"question_id": q["question_id"], "turn": turn, "category": q["category"],
+        return {"question_id": q["question_id"], "turn": turn, "run": run, "category": q["category"],
                 "model": answer["model_id"], "answer_id": answer["answer_id"], "judge": [args.judge_model, name],
                 "user_prompt": text, **j.as_record(), "tstamp": time.time()}
 
@@ -354,8 +359,12 @@ def mean(xs: list[float]) -> float | None:
 
 
 def summarize(args: Args, questions: list[dict], judgements: JsonlTable, asked: int, generated: int) -> dict:
-    rows = [judgements.rows.get((q["question_id"], t), {"score": None, "category": q["category"], "turn": t})
-            for q in questions for t in TURNS]
+    # a (question, turn)'s score: the mean of its scored judgements (--judge_runs of them; the paper: 2)
+    rows = []
+    for q in questions:
+        for t in TURNS:
+            got = [judgements.rows[k]["score"] for r in range(args.judge_runs) if (k := (q["question_id"], t, r)) in judgements]
+            rows.append({"score": mean([x for x in got if x is not None]), "category": q["category"], "turn": t})
     scored = [r for r in rows if r["score"] is not None]
 
     def means(rs):
@@ -390,8 +399,10 @@ def main(argv=None) -> dict:
         current = answers.rows.get(r["question_id"], {}).get("answer_id") == r.get("answer_id")
         return current and (r["score"] is not None or not args.retry_failed)
 
-    judgements = JsonlTable(out / "judgements.jsonl", key=lambda r: (r["question_id"], r["turn"]), keep=keep)
-    if args.do_judge and any((q["question_id"], t) not in judgements for q in questions for t in TURNS):
+    judgements = JsonlTable(out / "judgements.jsonl", key=lambda r: (r["question_id"], r["turn"], r.get("run", 0)),
+                            keep=keep)
+    if args.do_judge and any((q["question_id"], t, r) not in judgements for q in questions for t in TURNS
+                             for r in range(args.judge_runs)):
         api_key(", or pass --do_judge false to generate the answers only")  # before hours of generation
     gen_settings = {k: getattr(args, k) for k in ("model_name_or_path", "tokenizer", "template", "gen_base_url",
                                                   "gen_model", "max_new_tokens", "seed")}

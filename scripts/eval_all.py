@@ -13,7 +13,7 @@ re-running the same command after an interruption finishes the table:
     stage      script(s)                                  score in the table
     lbc        LongBench_Chat/eval.py                     mean GPT-4 rating 1-10, each answer judged twice
     longbench  LongBench/eval.py (lm-evaluation-harness)  S-Doc QA, M-Doc QA, Summ: LongBench's metrics, 0-100
-    mt_bench   MT_Bench/eval.py                           mean GPT-4 rating 1-10 over turns 1 and 2
+    mt_bench   MT_Bench/eval.py                           mean GPT-4 rating 1-10 over turns 1 and 2, judged twice
     needle     Needle_test/prompt.py, pred.py, eval.py    mean rating 1-10 over the length x depth grid
 
 Flags shared by the stages (--template, --gen_base_url, --judge_model, ...) are passed to each that has them;
@@ -157,7 +157,8 @@ def stage_commands(args: Args, out: Path) -> dict[str, list[list[str]]]:
                        str(args.max_length), *opt("--data_dir", args.longbench_data_dir), *gen,
                        *shlex.split(args.longbench_args)]],
         "mt_bench": [["MT_Bench/eval.py", *model, "--output_dir", str(out / "mt_bench"),
-                      *opt("--mt_bench_dir", args.mt_bench_dir), *gen, *judge, *conc, *shlex.split(args.mt_bench_args)]],
+                      *opt("--mt_bench_dir", args.mt_bench_dir), *gen, *judge, *conc,
+                      "--judge_runs", "2", *shlex.split(args.mt_bench_args)]],  # the paper judged MT-Bench twice
         "needle": [
             ["Needle_test/prompt.py", "--tokenizer", args.tokenizer or args.model_name_or_path,
              *opt("--haystack_dir", args.haystack_dir), "--output_dir", str(needle / "prompts"),

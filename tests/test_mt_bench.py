@@ -225,6 +225,13 @@ def test_download_and_server_generation(file_server, tiny_llama_dir, tmp_path, m
         again = mt.main(argv)
         assert (handler.gets, again["generated"], again["judge_requests"], sum(srv.requests.values())) == (3, 0, 0, 0)
 
+        # The paper judged twice (--judge_runs 2): only the second judgement of each turn is asked; each turn's
+        # score is the mean of its two (equal here: the plan is deterministic), so the means do not move.
+        twice = mt.main(argv + ["--judge_runs", "2"])
+        assert (twice["generated"], twice["judge_requests"], sum(srv.requests.values())) == (0, 16, 16)
+        assert (twice["mean"], twice["turn_1"], twice["num_scored"]) == (s["mean"], s["turn_1"], 16)
+        assert sorted({j.get("run", 0) for j in _rows(out / "judgements.jsonl")}) == [0, 1]
+
 
 def _fails_with(capsys, argv, message):
     with pytest.raises(SystemExit) as e:
