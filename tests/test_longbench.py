@@ -173,6 +173,7 @@ def test_special_tokens_are_counted_as_longbench_counts_them(tmp_path):
     and not ChatGLM3's [gMASK] sop (its chat builder adds them)."""
     import spm_fixtures as fx
 
+    from longalign.generation import truncate_text_middle
     from longalign.tokenization import chatglm_tokenizer, llama_tokenizer
 
     model_file = fx.train_sentencepiece(tmp_path / "tokenizer.model", vocab_size=1000)
@@ -185,6 +186,8 @@ def test_special_tokens_are_counted_as_longbench_counts_them(tmp_path):
     assert (n, truncated) == (len(ids), True)
     assert cut == llama.decode(ids[1:20]) + llama.decode(ids[-20:])  # 19 text tokens + <s> at the head
     assert len(llama(cut)["input_ids"]) <= 40
+    # negative control: LongBench-Chat's cut (longalign.generation) counts no <s> and decodes once: another text
+    assert truncate_text_middle(text, llama, 40)[0] != cut
     cut_glm, n_glm, _ = truncate_longbench(text, glm, 40, special_tokens=counts_special_tokens(glm))
     assert n_glm == len(glm(text, add_special_tokens=False)["input_ids"]) == len(ids) - 1
     assert cut_glm.startswith("HEADSTART") and cut_glm.endswith("TAILEND")
