@@ -21,6 +21,7 @@ SCRIPTS = {
     "scripts/chat_demo.py": ("--tempalte", "--template"),
     "LongBench_Chat/eval.py": ("--max_lenght", "--max_length"),
     "MT_Bench/eval.py": ("--max_new_tokns", "--max_new_tokens"),
+    "LongBench/eval.py": ("--max_new_tokens_cpa", "--max_new_tokens_cap"),
     "Needle_test/prompt.py": ("--needel", "--needle"),
     "Needle_test/pred.py": ("--max_new_tokns", "--max_new_tokens"),
     "Needle_test/eval.py": ("--scorrer", "--scorer"),
@@ -36,9 +37,11 @@ SCRIPTS = {
     "tools/demo_data.py": ("--num_lbcs", "--num_lbc"),
     "tools/synthetic_eval.py": ("--num_case", "--num_cases"),
     "tools/synthetic_mt_bench.py": ("--num_question", "--num_questions"),
+    "tools/synthetic_longbench.py": ("--context_word", "--context_words"),
     "tools/fault_server.py": ("--prot", "--port"),
     "tools/rubric_judge.py": ("--prot", "--port"),
     "tools/needle_check.py": ("--depth", "--depths"),
+    "scripts/eval_all.py": ("--lbc_dat_dir", "--lbc_data_dir"),
 }
 
 

@@ -1,0 +1,203 @@
+"""LongBench (v1) through lm-evaluation-harness: our model behind lm-eval's `LM` interface, LongBench's own
+truncation, and LongBench's own data files served to lm-eval's own tasks.
+
+lm-eval (0.4.13) owns the prompts (each task's `doc_to_text`), the answer lengths (`max_gen_toks`), the
+metrics (`process_results`: LongBench's qa_f1 / rouge, ported) and the group means. This module owns what
+lm-eval would otherwise do differently from LongBench's pred.py:
+
+    lm-eval's HFLM.generate_until       tokens of the (chat-formatted) prompt, LEFT-truncated to the last
+                                         max_length - max_gen_toks: the head (the instructions, the start
+                                         of the document, the chat header) is what goes
+    LongBench pred.py (and LongBenchLM)  the RAW prompt is cut in the MIDDLE to max_length tokens of the
+                                         model's tokenizer, decoded, and only then put in the chat format;
+                                         greedy decoding; the answer decoded without special tokens
+
+    truncate_longbench   the middle cut, exactly as pred.py does it (see its docstring for the details)
+    LongBenchLM          lm_eval.api.model.LM: generate_until = truncate, chat format (Generator), greedy;
+                         every answer goes to a resumable JSONL table keyed by (task, doc id, prompt hash)
+    task_configs         lm-eval task/group YAMLs that `include` the installed ones unchanged; with a local
+                         --data_dir, a task only gets a different data source (`custom_dataset`)
+    local_longbench      that data source: one of LongBench's own jsonl files (data.zip), whose question
+                         field is `input`; lm-eval's prompts read `question` (its hub copy,
+                         Xnhyacinth/LongBench, renamed it), so each doc gets question = input
+"""
+
+import hashlib
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from lm_eval.api.model import LM
+from tqdm import tqdm
+
+from longalign.scriptargs import UserError
+
+LONGBENCH_FIELDS = ("input", "context", "answers")  # what the prompts and metrics read; LongBench has more
+
+
+# ---------------------------------------------------------------------------------------------
+# lm-eval's own LongBench tasks and groups
+
+def lm_eval_longbench_dir() -> Path:
+    """The installed lm-eval's tasks/longbench folder (its task and group YAMLs, metrics.py)."""
+    import lm_eval.tasks
+
+    return Path(lm_eval.tasks.__file__).parent / "longbench"
+
+
+def lm_eval_groups(names: tuple[str, ...] = ("single", "multi", "summarization")) -> dict[str, list[str]]:
+    """{"single": ["narrativeqa", ...], ...}: each group's tasks as lm-eval's group YAML lists them."""
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    out = {}
+    for name in names:
+        cfg = load_yaml(lm_eval_longbench_dir() / f"_longbench_{name}.yaml", resolve_func=False)
+        out[name] = [t.removeprefix("longbench_") for t in cfg["task"]]
+    return out
+
+
+def task_configs(folder: Path, tasks: list[str], groups: list[str], data_dir: Path | None) -> Path:
+    """Write into `folder` one YAML per task and per group, each `include`-ing lm-eval's installed file as
+    it is (prompt, answer length, metric, aggregation); with data_dir a task's data comes from
+    data_dir/<task>.jsonl instead of the hub. lm-eval indexes only this folder (fast, and no task is
+    defined twice)."""
+    src = lm_eval_longbench_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.yaml"):
+        old.unlink()  # a task left from an earlier run with other --tasks must not be indexed
+    for group in groups:
+        (folder / f"_longbench_{group}.yaml").write_text(
+            f"include: {json.dumps(str(src / f'_longbench_{group}.yaml'))}\n", encoding="utf-8")
+    for task in tasks:
+        lines = [f"include: {json.dumps(str(src / f'{task}.yaml'))}"]
+        if data_dir is not None:
+            lines += ["custom_dataset: !function longalign.harness.local_longbench",
+                      "dataset_kwargs:", f"  data_file: {json.dumps(str(data_dir / f'{task}.jsonl'))}"]
+        (folder / f"{task}.yaml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return folder
+
+
+def local_longbench(data_file: str, **_task_metadata) -> dict:
+    """lm-eval's `custom_dataset`: {"test": Dataset} from one of LongBench's jsonl files, question = input.
+    A malformed line is a UserError naming the file and line."""
+    import datasets
+
+    rows = []
+    with open(data_file, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                raise UserError(f"{data_file} line {n} is not valid JSON; fix or re-extract LongBench's data.zip") from None
+            missing = [k for k in LONGBENCH_FIELDS if not isinstance(row, dict) or k not in row]
+            if missing:
+                raise UserError(f"{data_file} line {n} lacks {', '.join(missing)}; LongBench lines have "
+                                f"{', '.join(LONGBENCH_FIELDS)} (and length, dataset, language, all_classes, _id)")
+            rows.append({**row, "question": row["input"]})
+    if not rows:
+        raise UserError(f"{data_file} holds no cases; put LongBench's file for this task there")
+    return {"test": datasets.Dataset.from_list(rows)}
+
+
+# ---------------------------------------------------------------------------------------------
+# LongBench's truncation
+
+def counts_special_tokens(tokenizer) -> bool:
+    """Whether LongBench counts the tokenizer's own special tokens (a Llama <s>) in the prompt's length:
+    pred.py tokenizes with them, except for ChatGLM3, whose prompt it tokenizes without (ChatGLM3's chat
+    builder adds [gMASK] sop itself). A chatglm-format tokenizer is recognised by its [gMASK] token."""
+    return "[gMASK]" not in getattr(tokenizer, "all_special_tokens", ())
+
+
+def truncate_longbench(text: str, tokenizer, max_length: int, special_tokens: bool = True) -> tuple[str, int, bool]:
+    """(text, tokens counted before truncation, truncated?) as LongBench's pred.py cuts a prompt:
+
+        ids = tokenizer(text)                     special tokens counted (special_tokens; not for ChatGLM3)
+        if len(ids) > max_length:                 half = max_length // 2
+            text = decode(ids[:half]) + decode(ids[-half:])      each half decoded on its own, specials skipped
+
+    It differs from longalign.generation.truncate_text_middle (LongBench-Chat's cut) in three details: the
+    special tokens are counted (a Llama <s> takes one of the head's tokens, then is dropped by the decode);
+    both halves are max_length // 2 (an odd max_length keeps one token less); the halves are decoded apart
+    (a SentencePiece tail then loses its first space, as in LongBench)."""
+    if max_length < 2:
+        raise ValueError("max_length must be >= 2: LongBench keeps max_length // 2 tokens at each end")
+    ids = tokenizer(text, add_special_tokens=special_tokens)["input_ids"]
+    if len(ids) <= max_length:
+        return text, len(ids), False
+    half = max_length // 2
+    head = tokenizer.decode(ids[:half], skip_special_tokens=True)
+    tail = tokenizer.decode(ids[len(ids) - half:], skip_special_tokens=True)
+    return head + tail, len(ids), True
+
+
+def prompt_sha(text: str) -> str:
+    """The key part that ties a cached answer to its prompt: a changed prompt is generated again."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# The model as lm-eval's LM
+
+class LongBenchLM(LM):
+    """lm-eval's LM over a longalign.generation.Generator (in-process or an OpenAI-compatible server).
+
+    generate_until(requests): for each (context, gen_kwargs) — context is the task's doc_to_text, no
+    chat template applied by lm-eval — cut the middle to max_length tokens (truncate_longbench), put it
+    in the chat format (Generator: --template, or the server's), decode greedily for the task's
+    max_gen_toks (capped by max_new_tokens_cap), cut at the task's stop strings (none in these tasks).
+    Answers already in `table` under (task, doc id, prompt hash) are served from it; `generated` and
+    `cached` count the answers made and served, `truncated` the prompts that were cut."""
+
+    def __init__(self, generator, max_length: int, table, max_new_tokens_cap: int | None = None,
+                 concurrency: int = 1):
+        super().__init__()
+        self.gen, self.max_length, self.table = generator, max_length, table
+        self.cap, self.concurrency = max_new_tokens_cap, concurrency
+        self.generated = self.cached = self.truncated = 0
+
+    @staticmethod
+    def key(task: str, doc_id: int, context: str) -> tuple:
+        return task, doc_id, prompt_sha(context)
+
+    def answer(self, request) -> dict:
+        """One request -> its row for the table (truncate, chat format, greedy)."""
+        from lm_eval.models.utils import normalize_gen_kwargs, postprocess_generated_text
+
+        context, gen_kwargs = request.args
+        # greedy whatever the YAML says (LongBench decodes greedily; lm-eval's YAMLs say do_sample: False),
+        # so the sampling keys are dropped before lm-eval's reading of the answer length and stop strings
+        kwargs = normalize_gen_kwargs({k: v for k, v in gen_kwargs.items() if k not in ("do_sample", "temperature")})
+        max_new = kwargs["max_gen_toks"] if self.cap is None else min(self.cap, kwargs["max_gen_toks"])
+        tokenizer = self.gen.tokenizer
+        text, n_tokens, truncated = truncate_longbench(context, tokenizer, self.max_length,
+                                                       counts_special_tokens(tokenizer))
+        out = self.gen.generate([{"role": "user", "content": text}], max_new_tokens=max_new, temperature=0.0)
+        prediction = postprocess_generated_text(out["text"], kwargs["until"], None)
+        return {"task": request.task_name, "doc_id": request.doc_id, "prompt_sha": prompt_sha(context),
+                "_id": request.doc.get("_id"), "prediction": prediction, "input_tokens": n_tokens,
+                "truncated": truncated, "prompt_tokens": out["prompt_tokens"], "max_new_tokens": max_new,
+                "template": self.gen.template}
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        keys = [self.key(r.task_name, r.doc_id, r.args[0]) for r in requests]
+        todo = [r for r, k in zip(requests, keys, strict=True) if k not in self.table]
+        self.cached += len(requests) - len(todo)
+        print(f"predictions: {len(requests) - len(todo)} cached, {len(todo)} to generate -> {self.table.path}")
+        if todo:
+            # in-process generation is one prompt at a time; a server takes `concurrency` requests at once
+            with ThreadPoolExecutor(self.concurrency) as pool:
+                for row in tqdm(pool.map(self.answer, todo), total=len(todo), desc="generate", disable=disable_tqdm):
+                    self.table.append(row)
+                    self.generated += 1
+        rows = [self.table.rows[k] for k in keys]
+        self.truncated += sum(r["truncated"] for r in rows)
+        return [r["prediction"] for r in rows]
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False):
+        raise NotImplementedError("LongBench's tasks only generate; this adapter has no loglikelihood")
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        raise NotImplementedError("LongBench's tasks only generate; this adapter has no loglikelihood_rolling")
