@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from longalign.scriptargs import run_main
-from tools import synthetic, synthetic_eval
+from tools import synthetic, synthetic_eval, synthetic_longbench, synthetic_mt_bench
 from tools.fault_server import FaultServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,15 +29,19 @@ def inputs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("eval_all_inputs")
     synthetic_eval.write_cases(tmp / "lbc", num_cases=3, min_words=40, markers={i: (s, ()) for i, s in LBC_SCORES.items()})
     synthetic.write_haystack(tmp / "haystack", num_files=1, words_per_file=800)
+    synthetic_longbench.write_cases(tmp / "longbench", num_cases=1, context_words=60)
+    synthetic_mt_bench.write_mt_bench(tmp / "mt_bench", 8)  # turn t of question i rated planned_score(2i + t)
     return tmp
 
 
-def command(model, out, base_url, inputs, stages="lbc,needle", *extra):
+def command(model, out, base_url, inputs, stages="lbc,longbench,mt_bench,needle", *extra):
     return ["--model_name_or_path", str(model), "--output_dir", str(out), "--only", stages,
             "--judge_base_url", base_url, "--judge_model", "fault", "--lbc_data_dir", str(inputs / "lbc"),
             "--lbc_args", "--max_new_tokens 4 --temperature 0 --judge_runs 1", "--haystack_dir", str(inputs / "haystack"),
             "--needle_prompt_args", "--context_lengths 300,400 --depth_percents 0,100 --final_context_length_buffer 100",
-            "--needle_pred_args", "--max_new_tokens 4", "--needle_eval_args", "--scorer match", *extra]
+            "--needle_pred_args", "--max_new_tokens 4", "--needle_eval_args", "--scorer match",
+            "--longbench_data_dir", str(inputs / "longbench"), "--longbench_args", "--max_new_tokens_cap 4",
+            "--mt_bench_dir", str(inputs / "mt_bench"), "--mt_bench_args", "--max_new_tokens 4", *extra]
 
 
 def run(argv, env_key=True):
@@ -88,8 +92,11 @@ def test_table_equals_the_stages_files_and_a_rerun_does_nothing(tiny_llama_dir, 
         srv.reset_counts()
         again = in_process(command(tiny_llama_dir, out, srv.base_url, inputs))
         assert sum(srv.requests.values()) == 0  # nothing judged again
-    assert asked == 3  # one judgement per LongBench-Chat case; the Needle's match scorer asks nobody
+    # one judgement per LongBench-Chat case, two per MT-Bench turn (the paper's setting); LongBench's metrics
+    # and the Needle's match scorer ask nobody
+    assert asked == 3 + 8 * 2 * 2
     assert "predictions: 3 done, 0 to generate" in again and "needle predictions: 4 done, 0 to generate" in again
+    assert "answers: 8 done, 0 to generate" in again and "this run generated 0, served 12" in again
     assert "was made by this same command: kept" in again  # the needle prompts are not rebuilt
 
     res = json.loads((out / "results.json").read_text())
@@ -97,12 +104,18 @@ def test_table_equals_the_stages_files_and_a_rerun_does_nothing(tiny_llama_dir, 
     needle = json.loads((out / "needle" / "summary.json").read_text())
     assert res["scores"]["lbc"] == lbc["mean"] == pytest.approx(sum(LBC_SCORES.values()) / 3)
     assert res["scores"]["needle"] == needle["mean"] and needle["num_scored"] == 4
-    assert res["scores"]["single"] is None and res["paper"] is None
-    assert [s["status"] for s in res["stages"].values()] == ["done", "done"]
+    lb = json.loads((out / "longbench" / "scores.json").read_text())["groups"]
+    mt = json.loads((out / "mt_bench" / "scores.json").read_text())
+    assert [res["scores"][g] for g in ("single", "multi", "summarization")] == [lb[g] for g in ("single", "multi", "summarization")]
+    planned = [synthetic_mt_bench.planned_score(c) for c in range(1, 17)]
+    assert res["scores"]["mt_bench"] == mt["mean"] == pytest.approx(sum(planned) / 16) and mt["num_scored"] == 16
+    assert res["paper"] is None
+    assert [s["status"] for s in res["stages"].values()] == ["done"] * 4
     assert all(len(s["seconds_per_run"]) == 2 for s in res["stages"].values())
     md = (out / "results.md").read_text()
-    assert f"| run | {lbc['mean']:.2f} | – | – | – | – | {needle['mean']:.2f} |" in md
-    assert "lbc: fault" in md and "needle: match scorer" in md
+    row = [lbc["mean"], lb["single"], lb["multi"], lb["summarization"], mt["mean"], needle["mean"]]
+    assert "| run | " + " | ".join(f"{x:.{1 if i in (1, 2, 3) else 2}f}" for i, x in enumerate(row)) + " |" in md
+    assert "lbc: fault" in md and "mt_bench: fault" in md and "needle: match scorer" in md
 
     # --compare: one row per folder, then the paper's Table 3 for reference
     table = in_process(["--compare", str(out), str(out)])
@@ -115,15 +128,16 @@ def test_user_errors_stop_before_any_work(tiny_llama_dir, inputs, tmp_path, in_p
     no_key = run(command(tiny_llama_dir, out, "http://127.0.0.1:9/v1", inputs), env_key=False)
     assert no_key.returncode == 2 and not out.exists(), no_key.stdout[-3000:]
     assert no_key.stderr.strip().splitlines()[-1].startswith("error: OPENAI_API_KEY is not set")
-    # the match scorer needs no judge: the Needle test alone runs without a key
+    # LongBench's metrics and the Needle's match scorer need no judge: those two run without a key
     monkeypatch.delenv("OPENAI_API_KEY")
-    in_process(command(tiny_llama_dir, out, "http://127.0.0.1:9/v1", inputs, "needle"))
+    in_process(command(tiny_llama_dir, out, "http://127.0.0.1:9/v1", inputs, "longbench,needle"))
     # a stage that fails stops the run with one sentence; what finished is kept (a real stage subprocess)
     bad = run(command(tiny_llama_dir, out, "http://127.0.0.1:9/v1", inputs, "lbc", "--lbc_data_dir", str(tmp_path / "nope")))
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines()[-1].startswith("error: stage lbc failed (exit 2")
     res = json.loads((out / "results.json").read_text())
-    assert res["stages"]["lbc"]["status"] == "failed (exit 2)" and res["stages"]["needle"]["status"] == "done"
+    assert res["stages"]["lbc"]["status"] == "failed (exit 2)"
+    assert res["stages"]["needle"]["status"] == res["stages"]["longbench"]["status"] == "done"
     for argv, message in ((["--output_dir", str(out)], "--model_name_or_path is required"),
                           (["--output_dir", str(out), "--model_name_or_path", str(tiny_llama_dir), "--only", "lbc,mmlu"],
                            "--only mmlu is not a stage"),
