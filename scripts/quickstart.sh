@@ -2,8 +2,8 @@
 # The whole LongAlign recipe in miniature on a real pretrained model: offline (PyPI only), CPU, ~15 minutes.
 #
 #   SmolLM2-135M-Instruct from PyPI -> long chats over standard-library docstrings -> pre_tokenize
-#   -> sort_and_group -> train (pack + loss weighting) -> Needle test and LongBench-Chat-shaped cases,
-#   the model before vs after training, side by side
+#   -> sort_and_group -> train (pack + loss weighting) -> the paper's evaluation table (LongBench-Chat,
+#   LongBench S-Doc/M-Doc/Summ, MT-Bench, Needle test; offline stand-ins), the model before vs after training
 #
 # The model lands in data/ (reused by later runs and by the tests); everything else in runs/quickstart/
 # (git-ignored). Re-running reuses the environment and the model and redoes the stages. Each stage prints a
@@ -57,14 +57,17 @@ stage train train.py \
     --warmup_steps 0.1 --lr_scheduler_type cosine --adam_beta2 0.95 --num_train_epochs 1 \
     --logging_steps 5 --save_strategy no --output_dir "$RUN/model" --use_cpu true
 
-stage needle Needle_test/pred.py \
-  bash Needle_test/quickstart.sh needle "$RUN"
+# The paper's evaluation table for the model before and after training (scripts/quickstart_eval.sh says what
+# stands in for GPT-4 and the benchmarks' data offline), then the Needle heatmaps.
+stage eval scripts/eval_all.py \
+  bash scripts/quickstart_eval.sh "$RUN"
 
 stage heatmap Needle_test/vis.py \
-  bash Needle_test/quickstart.sh heatmap "$RUN"
-
-stage longbench_chat LongBench_Chat/eval.py \
-  bash LongBench_Chat/quickstart.sh "$RUN"
+  bash -c 'for name in base trained; do
+    f=$0/eval/$name/needle/scores.jsonl
+    [ -f "$f" ] && python Needle_test/vis.py --scores_file "$f" --output_file "$0/needle_$name.png" \
+      --title "Needle test, SmolLM2-135M-Instruct ($name)"
+  done; true' "$RUN"
 
 echo
 echo "==================== summary ===================="
@@ -73,29 +76,16 @@ printf '%s\n' "${summary[@]}"
 printf '%-16s %7ss\n' total "$SECONDS"
 echo
 # Before / after, side by side, from the files the stages wrote.
-python - "$RUN" <<'EOF'
-import json, sys
-from pathlib import Path
-
-run = Path(sys.argv[1])
-
-
-def mean(path):
-    return json.loads(path.read_text())["mean"] if path.is_file() else None
-
-
-def cell(x):
-    return "n/a" if x is None else f"{x:.2f}"
-
-
-rows = [("Needle test, 20 cells of 500-2,000 tokens (10 if the answer has \"45 seconds\", else 1)",
-         run / "needle/{}/summary.json"),
-        ("LongBench-Chat-shaped, 8 cases (judge NOT GPT-4: 1 + 9 x F1 vs the reference's answering words)",
-         run / "lbc/{}/scores.json")]
-print(f"{'mean score, 1-10':88s} {'before':>7s} {'after':>7s}")
-for name, path in rows:
-    before, after = mean(Path(str(path).format("base"))), mean(Path(str(path).format("trained")))
-    print(f"{name:88s} {cell(before):>7s} {cell(after):>7s}")
-print("before = SmolLM2-135M-Instruct as released; after = the same model after the train stage "
-      f"({run / 'model'})")
+dirs=()
+for name in base trained; do [ -f "$RUN/eval/$name/results.json" ] && dirs+=("$RUN/eval/$name"); done
+if [ ${#dirs[@]} -gt 0 ]; then
+  python scripts/eval_all.py --compare "${dirs[@]}" | sed '/^The paper/,$d'
+fi
+cat <<'EOF'
+base = SmolLM2-135M-Instruct as released; trained = the same model after the train stage (runs/quickstart/model).
+Mean rating 1-10 (LongBench-Chat, MT-Bench, Needle) and LongBench's metrics 0-100 (S-Doc QA, M-Doc QA, Summ).
+Offline stand-ins, not the paper's judges or data (scripts/quickstart_eval.sh): LongBench-Chat = 8 shaped cases,
+rubric judge 1 + 9 x F1, NOT GPT-4; LongBench = 1 synthetic case per task; MT-Bench = 8 synthetic questions
+rated by PLANNED scores (checks the plumbing, not the model); Needle = 20 cells of 500-2,000 tokens, 10 if the
+answer has "45 seconds", else 1. Each model's results.md is in runs/quickstart/eval/.
 EOF
