@@ -426,5 +426,17 @@ def save_tokenizer(model_args: ModelArguments, store, output_dir: str) -> None:
     print(f"[train] no tokenizer found with {model_args.model_name_or_path}: copy one into {output_dir}", flush=True)
 
 
+def shut_down_distributed() -> None:
+    """Leave the process group before the interpreter exits. Left to the exit handlers, gloo's threads can
+    abort a process whose run succeeded (SIGABRT, "terminate called without an active exception"; seen once
+    in 2-process tests), and torchrun then reports the whole job as failed."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 if __name__ == "__main__":
     main()
+    shut_down_distributed()

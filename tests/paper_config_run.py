@@ -63,3 +63,4 @@ if __name__ == "__main__":
         result = train.main(run["argv"])
         if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
             (Path(run["capture"]) / "result.json").write_text(json.dumps(result))
+    train.shut_down_distributed()
