@@ -33,7 +33,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from longalign.generation import TEMPLATES, Generator, JsonlTable
+from longalign.generation import GenerationArgs, Generator, JsonlTable, check_settings
 from longalign.scriptargs import UserError, comma_list, missing_path, parse_args, run_main
 
 GROUPS = ("single", "multi", "summarization")
@@ -41,7 +41,7 @@ TOLERANCE = 1e-9  # our group mean vs lm-eval's (the same floats, summed in anot
 
 
 @dataclass
-class Args:
+class Args(GenerationArgs):
     model_name_or_path: str = field(metadata={
         "help": "model folder or hub id (our model files for llama/chatglm types, AutoModelForCausalLM otherwise); "
                 "with --gen_base_url only its tokenizer is loaded, for truncation"})
@@ -57,22 +57,13 @@ class Args:
     max_length: int = field(default=64000, metadata={
         "help": "longest prompt in tokens of the model's tokenizer; a longer one keeps its first and last "
                 "max_length//2 tokens (LongBench's middle truncation), before the chat format"})
-    template: str = field(default="auto", metadata={
-        "help": "chat format: auto (the tokenizer's chat template, else the paper's format of the model "
-                "family) | chat_template | llama | chatglm | none"})
-    gen_base_url: str | None = field(default=None, metadata={
-        "help": "generate through this OpenAI-compatible server (e.g. vLLM, http://host:8000/v1) instead of in-process"})
-    gen_model: str | None = field(default=None, metadata={"help": "model name served at --gen_base_url"})
-    tokenizer: str | None = field(default=None, metadata={"help": "tokenizer folder if the model folder has none (default: the model's)"})
-    trust_remote_code: bool = field(default=False, metadata={"help": "allow a tokenizer that is the checkpoint's own code (not needed for ChatGLM3)"})
     limit: int | None = field(default=None, metadata={"help": "only the first N cases of each task (quick checks; not the benchmark)"})
     max_new_tokens_cap: int | None = field(default=None, metadata={
         "help": "cap on each task's answer length (lm-eval's max_gen_toks: 32-512); for quick checks only"})
     concurrency: int = field(default=4, metadata={"help": "parallel requests to --gen_base_url (in-process: one at a time)"})
 
     def __post_init__(self):
-        if self.template not in TEMPLATES:
-            raise UserError(f"--template {self.template} is not one of {'|'.join(TEMPLATES)}; pick one")
+        super().__post_init__()
         if self.max_length < 2:
             raise UserError("--max_length must be >= 2 (LongBench keeps max_length//2 tokens at each end); fix the flag")
         if self.gen_base_url and not self.gen_model:
@@ -117,17 +108,6 @@ def check_data_dir(data_dir: Path, tasks: list[str]) -> None:
 
 GENERATION_SETTINGS = ("model_name_or_path", "tokenizer", "max_length", "template", "gen_base_url", "gen_model",
                        "max_new_tokens_cap")
-
-
-def check_settings(out: Path, args: Args, have_predictions: bool) -> None:
-    gen = {k: getattr(args, k) for k in GENERATION_SETTINGS}
-    path = out / "settings.json"
-    old = json.loads(path.read_text()).get("generation") if path.exists() else None
-    if have_predictions and old and old != gen:
-        diff = ", ".join(f"--{k} {old.get(k)!r} (now {v!r})" for k, v in gen.items() if old.get(k) != v)
-        raise UserError(f"{out} holds predictions made with {diff}; use those flags or a new --output_dir")
-    out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"generation": gen}, indent=1))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,7 +199,7 @@ def main(argv=None) -> dict:
             raise UserError(f"--{flag} {getattr(args, flag)} does not exist; pass a model folder or a hub id")
     out = Path(args.output_dir)
     table = JsonlTable(out / "predictions.jsonl", key=lambda r: (r["task"], r["doc_id"], r["prompt_sha"]))
-    check_settings(out, args, len(table) > 0)
+    check_settings(out, {"generation": ({k: getattr(args, k) for k in GENERATION_SETTINGS}, len(table) > 0)})
     print(f"LongBench: groups {','.join(groups)}, {len(tasks)} tasks, data "
           f"{args.data_dir or 'Xnhyacinth/LongBench (hub)'}, --max_length {args.max_length}")
 

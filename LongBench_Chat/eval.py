@@ -32,52 +32,34 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from longalign.generation import TEMPLATES, Generator, JsonlTable, truncate_text_middle
-from longalign.judge import api_key, judge, make_client
+from longalign.generation import GenerationArgs, Generator, JsonlTable, check_settings, truncate_text_middle
+from longalign.judge import JudgeArgs, api_key, judge, make_client
 from longalign.scriptargs import UserError, parse_args, run_main
 
 JUDGE_SYSTEM_PROMPT = "You are an impartial, careful grader of answers to questions about long documents."
 
 
 @dataclass
-class Args:
+class Args(GenerationArgs, JudgeArgs):
     model_name_or_path: str | None = field(default=None, metadata={
         "help": "model folder or hub id (our model files for llama/chatglm types, AutoModelForCausalLM "
                 "otherwise); with --gen_base_url only its tokenizer is loaded, for truncation"})
-    tokenizer: str | None = field(default=None, metadata={"help": "tokenizer folder if the model folder has none (default: the model's)"})
     data_dir: str = field(default="data/longbench_chat", metadata={
         "help": "folder with test_cases.json, few_shots.json and prompt_fs.txt"})
     output_dir: str = field(default="runs/longbench_chat", metadata={"help": "where the outputs go"})
     max_length: int = field(default=64000, metadata={
         "help": "longest input in tokens of the model's tokenizer; longer ones keep their head and tail halves"})
-    template: str = field(default="auto", metadata={
-        "help": "chat format: auto (the tokenizer's chat template, else the paper's format of the model "
-                "family) | chat_template | llama | chatglm | none"})
-    gen_base_url: str | None = field(default=None, metadata={
-        "help": "generate through this OpenAI-compatible server (e.g. vLLM, http://host:8000/v1) instead of in-process"})
-    gen_model: str | None = field(default=None, metadata={"help": "model name served at --gen_base_url"})
     max_new_tokens: int = field(default=1024, metadata={"help": "longest answer in tokens"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature; 0 = greedy"})
     seed: int = field(default=42, metadata={"help": "seed of generation (reset per case) and few-shot shuffling"})
-    trust_remote_code: bool = field(default=False, metadata={"help": "allow a tokenizer that is the checkpoint's own code (not needed for ChatGLM3)"})
     lang: str = field(default="all", metadata={"help": "all | en | zh: which cases to run"})
     do_judge: bool = field(default=True, metadata={"help": "run the judge after generation (false: predictions only)"})
-    judge_model: str = field(default="gpt-4", metadata={"help": "judge model name"})
-    judge_base_url: str | None = field(default=None, metadata={
-        "help": "judge endpoint (OpenAI-compatible); default OPENAI_BASE_URL, else api.openai.com. "
-                "The key is read from OPENAI_API_KEY only"})
     judge_runs: int = field(default=2, metadata={"help": "judgements per answer, averaged (the paper: 2)"})
     shuffle_few_shots: bool = field(default=True, metadata={
         "help": "shuffle the 3 scored examples per judgement (seeded by --seed, case and run), as the paper does"})
-    judge_timeout: float = field(default=120.0, metadata={"help": "seconds before a judge request is abandoned and retried"})
-    judge_max_retries: int = field(default=6, metadata={"help": "retries of one request on timeouts, 429 and 5xx (backoff)"})
-    judge_max_reasks: int = field(default=5, metadata={"help": "re-asks when a reply has no [[rating]]; then the judgement fails"})
-    retry_failed: bool = field(default=True, metadata={"help": "on a re-run, judge again the judgements that failed"})
-    concurrency: int = field(default=4, metadata={"help": "parallel requests to the judge (and to --gen_base_url)"})
 
     def __post_init__(self):
-        if self.template not in TEMPLATES:
-            raise UserError(f"--template {self.template} is not one of {'|'.join(TEMPLATES)}; pick one")
+        super().__post_init__()
         if self.lang not in ("all", "en", "zh"):
             raise UserError(f"--lang {self.lang} is not one of all|en|zh; pick one")
         if self.judge_runs < 1 or self.concurrency < 1 or self.max_length < 2:
@@ -145,19 +127,13 @@ def load_data(data_dir: Path, lang: str) -> tuple[list[dict], list, str]:
 # ---------------------------------------------------------------------------------------------
 # 2. Settings: a re-run must use the settings the files were made with
 
-def check_settings(out: Path, args: Args, have_predictions: bool, have_judgements: bool) -> None:
+def settings(args: Args, have_predictions: bool, have_judgements: bool) -> dict:
+    """The generation and the judge settings (generation.check_settings refuses to mix them)."""
     # "model_path": the key results written before the flag was renamed carry, so their re-runs still match
     gen = {"model_path": args.model_name_or_path} | {k: getattr(args, k) for k in (
         "max_length", "template", "gen_base_url", "gen_model", "max_new_tokens", "temperature", "seed")}
     jud = {k: getattr(args, k) for k in ("judge_model", "shuffle_few_shots", "seed")}
-    path = out / "settings.json"
-    old = json.loads(path.read_text()) if path.exists() else {}
-    for part, new, used in (("generation", gen, have_predictions), ("judge", jud, have_judgements)):
-        if used and old.get(part) and old[part] != new:
-            diff = ", ".join(f"--{k} {old[part].get(k)!r} (now {v!r})" for k, v in new.items() if old[part].get(k) != v)
-            raise UserError(f"{out} holds {part} results made with {diff}; use those flags or a new --output_dir")
-    out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"generation": gen, "judge": jud}, indent=1))
+    return {"generation": (gen, have_predictions), "judge": (jud, have_judgements)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,7 +237,7 @@ def main(argv=None):
     if args.do_judge and any((c["idx"], r) not in judgements for c in cases for r in range(args.judge_runs)):
         api_key(", or pass --do_judge false to generate the answers only")  # before hours of generation
     out.mkdir(parents=True, exist_ok=True)
-    check_settings(out, args, len(predictions) > 0, len(judgements) > 0)
+    check_settings(out, settings(args, len(predictions) > 0, len(judgements) > 0))
     print(f"LongBench-Chat: {len(cases)} cases (--lang {args.lang}) from {args.data_dir}")
 
     generated = predict(args, cases, predictions)

@@ -42,8 +42,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from longalign.generation import TEMPLATES, Generator, JsonlTable
-from longalign.judge import api_key, judge, make_client
+from longalign.generation import GenerationArgs, Generator, JsonlTable, check_settings
+from longalign.judge import JudgeArgs, api_key, judge, make_client
 from longalign.scriptargs import UserError, parse_args, run_main
 
 # lm-sys/FastChat at a pinned commit (main of 2025-04-12; the three files last changed on 2023-07-04, 7ad1d63).
@@ -81,7 +81,7 @@ def judge_prompt_name(category: str, turn: int) -> str:
 
 
 @dataclass
-class Args:
+class Args(GenerationArgs, JudgeArgs):
     model_name_or_path: str | None = field(default=None, metadata={
         "help": "model folder or hub id (our model files for llama/chatglm types, AutoModelForCausalLM "
                 "otherwise); with --gen_base_url only its tokenizer is loaded"})
@@ -94,33 +94,15 @@ class Args:
                 "each file's sha256; another URL is trusted as it is)"})
     cache_dir: str = field(default="data/mt_bench", metadata={"help": "where downloaded files are kept"})
     limit: int | None = field(default=None, metadata={"help": "only the first N questions (default: all 80)"})
-    tokenizer: str | None = field(default=None, metadata={"help": "tokenizer folder if the model folder has none (default: the model's)"})
-    template: str = field(default="auto", metadata={
-        "help": "chat format: auto (the tokenizer's chat template, else the paper's format of the model "
-                "family) | chat_template | llama | chatglm | none"})
-    gen_base_url: str | None = field(default=None, metadata={
-        "help": "generate through this OpenAI-compatible server (e.g. vLLM, http://host:8000/v1) instead of in-process"})
-    gen_model: str | None = field(default=None, metadata={"help": "model name served at --gen_base_url"})
     max_new_tokens: int = field(default=1024, metadata={"help": "longest answer per turn in tokens (FastChat: 1024)"})
     seed: int = field(default=0, metadata={"help": "seed of sampling, reset for every turn (FastChat: 0 for its one choice)"})
-    trust_remote_code: bool = field(default=False, metadata={"help": "allow a tokenizer that is the checkpoint's own code (not needed for ChatGLM3)"})
     do_judge: bool = field(default=True, metadata={"help": "run the judge after generation (false: answers only)"})
-    judge_model: str = field(default="gpt-4", metadata={"help": "judge model name (FastChat: gpt-4)"})
     judge_runs: int = field(default=1, metadata={
         "help": "judgements per (question, turn), averaged before the means (FastChat: 1; the paper judged twice: "
                 "scripts/eval_all.py passes 2)"})
-    judge_base_url: str | None = field(default=None, metadata={
-        "help": "judge endpoint (OpenAI-compatible); default OPENAI_BASE_URL, else api.openai.com. "
-                "The key is read from OPENAI_API_KEY only"})
-    judge_timeout: float = field(default=120.0, metadata={"help": "seconds before a judge request is abandoned and retried"})
-    judge_max_retries: int = field(default=6, metadata={"help": "retries of one request on timeouts, 429 and 5xx (backoff)"})
-    judge_max_reasks: int = field(default=5, metadata={"help": "re-asks when a reply has no [[rating]]; then the judgement fails"})
-    retry_failed: bool = field(default=True, metadata={"help": "on a re-run, judge again the judgements that failed"})
-    concurrency: int = field(default=4, metadata={"help": "parallel requests to the judge (and to --gen_base_url)"})
 
     def __post_init__(self):
-        if self.template not in TEMPLATES:
-            raise UserError(f"--template {self.template} is not one of {'|'.join(TEMPLATES)}; pick one")
+        super().__post_init__()
         if min(self.concurrency, self.max_new_tokens, self.judge_runs, self.limit or 1) < 1:
             raise UserError("--concurrency, --max_new_tokens, --judge_runs and --limit must be >= 1; fix the flag")
 
@@ -249,19 +231,6 @@ def sha256_file(path: Path) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # 2. Settings: a re-run must use the settings the files were made with
-
-def check_settings(out: Path, parts: dict[str, tuple[dict, bool]]) -> None:
-    """parts: name -> (settings, whether results made with that part exist). Refuse to add to results made
-    with other settings; then record these."""
-    path = out / "settings.json"
-    old = json.loads(path.read_text()) if path.exists() else {}
-    for part, (new, used) in parts.items():
-        if used and old.get(part) and old[part] != new:
-            diff = ", ".join(f"{k} {old[part].get(k)!r} (now {v!r})" for k, v in new.items() if old[part].get(k) != v)
-            raise UserError(f"{out} holds {part} results made with {diff}; use those settings or a new --output_dir")
-    out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({part: new for part, (new, _) in parts.items()}, indent=1))
-
 
 # ---------------------------------------------------------------------------------------------
 # 3. Answers: turn 2 is answered with the conversation so far (resumable: one row per finished question)

@@ -11,12 +11,15 @@
   server (vLLM, TGI, ...), seeded per call so a resumed run writes what an uninterrupted one would.
 - `JsonlTable`: a resumable JSONL file keyed by case: finished rows are kept and never redone, a
   half-written last line (a killed run) is dropped, and the file never holds two rows for one key.
+- `GenerationArgs`, `check_settings`: the flags every evaluation script shares for answering (its `Args`
+  inherits them), and the guard that keeps a resumed folder from mixing results of other settings.
 """
 
 import json
 import os
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from longalign.chat import encode_prompt, middle_cut
@@ -67,6 +70,44 @@ def prompt_ids(messages: list[dict], template: str, tokenizer) -> list[int]:
     if template == "none":
         return tokenizer("\n\n".join(m["content"] for m in messages))["input_ids"]
     return encode_prompt(messages, template, tokenizer)
+
+
+# ---------------------------------------------------------------------------------------------
+# The flags of every script that answers with a model, and the settings a resumed folder was made with
+
+@dataclass(kw_only=True)
+class GenerationArgs:
+    """Which tokenizer and chat format, in-process or through a server: LongBench-Chat, LongBench and MT-Bench
+    inherit these into their own `Args` (keyword-only, so a script's required fields may come after them)."""
+
+    tokenizer: str | None = field(default=None, metadata={
+        "help": "tokenizer folder if the model folder has none (default: the model's)"})
+    template: str = field(default="auto", metadata={
+        "help": "chat format: auto (the tokenizer's chat template, else the paper's format of the model "
+                "family) | chat_template | llama | chatglm | none"})
+    gen_base_url: str | None = field(default=None, metadata={
+        "help": "generate through this OpenAI-compatible server (e.g. vLLM, http://host:8000/v1) instead of in-process"})
+    gen_model: str | None = field(default=None, metadata={"help": "model name served at --gen_base_url"})
+    trust_remote_code: bool = field(default=False, metadata={
+        "help": "allow a tokenizer that is the checkpoint's own code (not needed for ChatGLM3)"})
+
+    def __post_init__(self):
+        if self.template not in TEMPLATES:
+            raise UserError(f"--template {self.template} is not one of {'|'.join(TEMPLATES)}; pick one")
+
+
+def check_settings(out: Path, parts: dict[str, tuple[dict, bool]]) -> None:
+    """parts: name ("generation", "judge") -> (its settings as flag -> value, whether results made with that
+    part exist in `out`). A resumed run with other settings would mix two experiments in one file: refuse it,
+    naming the flags; else record the settings in out/settings.json."""
+    path = out / "settings.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    for part, (new, used) in parts.items():
+        if used and old.get(part) and old[part] != new:
+            diff = ", ".join(f"--{k} {old[part].get(k)!r} (now {v!r})" for k, v in new.items() if old[part].get(k) != v)
+            raise UserError(f"{out} holds {part} results made with {diff}; use those settings or a new --output_dir")
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({part: new for part, (new, _) in parts.items()}, indent=1))
 
 
 # ---------------------------------------------------------------------------------------------

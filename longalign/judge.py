@@ -17,7 +17,7 @@ same for LongBench-Chat and the Needle test:
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from longalign.scriptargs import UserError
 
@@ -57,6 +57,21 @@ def make_client(base_url: str | None = None, timeout: float = 120.0, max_retries
 
     return OpenAI(api_key=api_key(), base_url=base_url or os.environ.get("OPENAI_BASE_URL") or None,
                   timeout=timeout, max_retries=max_retries)
+
+
+@dataclass(kw_only=True)
+class JudgeArgs:
+    """The judge's flags, shared by LongBench-Chat and MT-Bench (their `Args` inherit them)."""
+
+    judge_model: str = field(default="gpt-4", metadata={"help": "judge model name (the paper's: gpt-4)"})
+    judge_base_url: str | None = field(default=None, metadata={
+        "help": "judge endpoint (OpenAI-compatible); default OPENAI_BASE_URL, else api.openai.com. "
+                "The key is read from OPENAI_API_KEY only"})
+    judge_timeout: float = field(default=120.0, metadata={"help": "seconds before a judge request is abandoned and retried"})
+    judge_max_retries: int = field(default=6, metadata={"help": "retries of one request on timeouts, 429 and 5xx (backoff)"})
+    judge_max_reasks: int = field(default=5, metadata={"help": "re-asks when a reply has no [[rating]]; then the judgement fails"})
+    retry_failed: bool = field(default=True, metadata={"help": "on a re-run, judge again the judgements that failed"})
+    concurrency: int = field(default=4, metadata={"help": "parallel requests to the judge (and to --gen_base_url)"})
 
 
 @dataclass

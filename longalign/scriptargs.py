@@ -68,6 +68,12 @@ def _build_parser(dataclass_types, doc: str | None, aliases: dict[str, str] | No
     parser = _Parser(dataclass_types, description=doc, formatter_class=_HelpFormatter, add_help=False,
                      allow_abbrev=False)
     parser.add_argument("-h", "--help", action="store_true", help="show this message and exit")
+    # --help lists a script's own flags first, then those it inherits from shared groups (GenerationArgs,
+    # JudgeArgs), which dataclasses would otherwise put first
+    own = {name for t in (dataclass_types if isinstance(dataclass_types, list | tuple) else [dataclass_types])
+           for name in vars(t).get("__annotations__", {})}
+    for group in parser._action_groups:
+        group._group_actions.sort(key=lambda a: (a.dest != "help", a.dest not in own))  # stable: each part keeps its order
     shared = {a: f for a, f in VOCABULARY_ALIASES.items()
               if f in parser._option_string_actions and a not in parser._option_string_actions}
     for alias, flag in (shared | (aliases or {})).items():

@@ -258,7 +258,7 @@ def test_rerun_with_other_settings_is_refused(tmp_path, capsys):
     (out / "predictions.jsonl").write_text(json.dumps({"task": "t", "doc_id": 0, "prompt_sha": "x"}) + "\n")
     (out / "settings.json").write_text(json.dumps({"generation": {k: None for k in lb.GENERATION_SETTINGS}}))
     fails_with(capsys, ["--model_name_or_path", str(tmp_path), "--output_dir", str(out)],
-               "holds predictions made with --model_name_or_path None")
+               "holds generation results made with --model_name_or_path None")
 
 
 # ---------------------------------------------------------------------------------------------
