@@ -123,9 +123,7 @@ class LazyGenerator:
         with self._lock:  # server requests run in threads: load once
             if self._gen is None:
                 a = self.args
-                self._gen = Generator(a.model_name_or_path, a.template, a.gen_base_url, a.gen_model,
-                                      temperature=0.0, trust_remote_code=a.trust_remote_code, tokenizer_path=a.tokenizer)
-                print(f"template: {self._gen.template} ({self._gen.template_reason})")
+                self._gen = Generator.from_args(a, temperature=0.0)
         return getattr(self._gen, name)
 
 

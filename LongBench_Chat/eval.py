@@ -146,9 +146,7 @@ def predict(args: Args, cases: list[dict], table: JsonlTable) -> int:
         return 0
     if not args.model_name_or_path:
         raise UserError("--model_name_or_path is needed to generate (its tokenizer measures --max_length)")
-    gen = Generator(args.model_name_or_path, args.template, args.gen_base_url, args.gen_model, args.max_new_tokens,
-                    args.temperature, args.seed, args.trust_remote_code, tokenizer_path=args.tokenizer)
-    print(f"template: {gen.template} ({gen.template_reason})")
+    gen = Generator.from_args(args, args.max_new_tokens, args.temperature, args.seed)
 
     def one(case):
         text, n_tokens, truncated = truncate_text_middle(case["prompt"], gen.tokenizer, args.max_length)

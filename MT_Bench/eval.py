@@ -230,10 +230,7 @@ def sha256_file(path: Path) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# 2. Settings: a re-run must use the settings the files were made with
-
-# ---------------------------------------------------------------------------------------------
-# 3. Answers: turn 2 is answered with the conversation so far (resumable: one row per finished question)
+# 2. Answers: turn 2 is answered with the conversation so far (resumable: one row per finished question)
 
 def generate_answers(args: Args, questions: list[dict], table: JsonlTable) -> int:
     todo = [q for q in questions if q["question_id"] not in table]
@@ -242,9 +239,7 @@ def generate_answers(args: Args, questions: list[dict], table: JsonlTable) -> in
         return 0
     if not args.model_name_or_path:
         raise UserError("--model_name_or_path is needed to generate the answers")
-    gen = Generator(args.model_name_or_path, args.template, args.gen_base_url, args.gen_model, args.max_new_tokens,
-                    DEFAULT_TEMPERATURE, args.seed, args.trust_remote_code, tokenizer_path=args.tokenizer)
-    print(f"template: {gen.template} ({gen.template_reason})")
+    gen = Generator.from_args(args, args.max_new_tokens, DEFAULT_TEMPERATURE, args.seed)
     model_id = args.gen_model or Path(args.model_name_or_path).name
 
     def one(q):
@@ -275,7 +270,7 @@ def generate_answers(args: Args, questions: list[dict], table: JsonlTable) -> in
 
 
 # ---------------------------------------------------------------------------------------------
-# 4. Judgements: one per (question, turn) (resumable: a finished judgement is never asked again)
+# 3. Judgements: one per (question, turn) (resumable: a finished judgement is never asked again)
 
 def user_prompt(prompt: dict, q: dict, answers: list[str], refs: list[str] | None, turn: int) -> str:
     """The judge prompt filled as FastChat fills it (turn 2 sees the whole conversation)."""
@@ -321,7 +316,7 @@ def run_judge(args: Args, questions: list[dict], prompts: dict, refs: dict, answ
 
 
 # ---------------------------------------------------------------------------------------------
-# 5. Scores: FastChat's show_result: the mean over every graded (question, turn), and per turn
+# 4. Scores: FastChat's show_result: the mean over every graded (question, turn), and per turn
 
 def mean(xs: list[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None

@@ -59,9 +59,7 @@ def main(argv=None):
     print(f"needle predictions: {len(prompts) - len(todo)} done, {len(todo)} to generate -> {table.path}")
     if not todo:
         return table
-    gen = Generator(args.model_name_or_path, args.template, args.gen_base_url, args.gen_model, args.max_new_tokens,
-                    args.temperature, args.seed, args.trust_remote_code, tokenizer_path=args.tokenizer)
-    print(f"template: {gen.template} ({gen.template_reason})")
+    gen = Generator.from_args(args, args.max_new_tokens, args.temperature, args.seed)
     for p in tqdm(todo, desc="needle pred"):
         out = gen.generate(p["messages"])
         table.append({k: p[k] for k in ("context_length", "depth_percent", "context_tokens", "needle",

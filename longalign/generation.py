@@ -146,6 +146,15 @@ class Generator:
         self.template, self.template_reason = choose_template(template, self.tokenizer, model_type)
         self.model = load_causal_lm(model_path, trust_remote_code)
 
+    @classmethod
+    def from_args(cls, args, max_new_tokens: int = 1024, temperature: float = 1.0, seed: int = 42) -> "Generator":
+        """The generator a script's flags ask for: --model_name_or_path and GenerationArgs' --tokenizer,
+        --template, --gen_base_url, --gen_model, --trust_remote_code. Prints the chat format it chose."""
+        gen = cls(args.model_name_or_path, args.template, args.gen_base_url, args.gen_model, max_new_tokens,
+                  temperature, seed, args.trust_remote_code, tokenizer_path=args.tokenizer)
+        print(f"template: {gen.template} ({gen.template_reason})")
+        return gen
+
     def generate(self, messages: list[dict], streamer=None, max_new_tokens: int | None = None,
                  temperature: float | None = None) -> dict:
         """streamer: a transformers streamer (e.g. TextStreamer) that prints tokens as they come (in-process).
