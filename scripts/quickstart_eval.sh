@@ -39,10 +39,11 @@ for _ in $(seq 50); do  # wait until the server answers (at most ~10 s)
 done
 head -1 "$OUT/judge.log"
 
-# table NAME MODEL: the four stages of one model into $OUT/NAME (greedy; short answers to fit the CPU budget).
+# table NAME MODEL: the four stages of one model into $OUT/NAME (greedy; short answers to fit the CPU budget; the
+# stages in this process: a new interpreter per script would cost ~4 s of imports each).
 table() {
   rm -rf "${OUT:?}/$1"  # resumable by design; start clean so that every quickstart measures its own models
-  OPENAI_API_KEY=local python scripts/eval_all.py --model_name_or_path "$2" --output_dir "$OUT/$1" \
+  OPENAI_API_KEY=local python scripts/eval_all.py --model_name_or_path "$2" --output_dir "$OUT/$1" --in_process true \
     --max_length 4096 --judge_base_url "http://127.0.0.1:$port/v1" --judge_model fault-server-not-gpt4 \
     --lbc_data_dir "$DATA/lbc" --lbc_args "--max_new_tokens 64 --temperature 0 --judge_runs 1" \
     --longbench_data_dir "$DATA/longbench" --longbench_args "--max_new_tokens_cap 32" \

@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -59,26 +58,12 @@ def run(argv, env_key=True):
 
 @pytest.fixture
 def in_process(monkeypatch, capsys):
-    """The driver in this process, its stages too (runpy, as `python SCRIPT ...` would run them): the same
-    scripts and files without a new interpreter per stage (seconds each). Returns run(argv) -> stdout."""
-    import runpy
-
-    def fake_subprocess_run(cmd, **kwargs):
-        script, argv = cmd[1], cmd[2:]
-        monkeypatch.setattr(sys, "argv", [script, *argv])
-        try:
-            runpy.run_path(script, run_name="__main__")
-            code = 0
-        except SystemExit as e:
-            code = e.code or 0
-        return SimpleNamespace(returncode=code)
-
-    # only the driver's own name for the module: the test's real subprocesses stay real
-    monkeypatch.setattr(eval_all, "subprocess", SimpleNamespace(run=fake_subprocess_run))
+    """The driver in this process with --in_process (its stages run through runpy, as `python SCRIPT ...` would
+    run them: the same scripts and files without a new interpreter per stage). Returns run(argv) -> stdout."""
     monkeypatch.setenv("OPENAI_API_KEY", "local")
 
     def run_driver(argv):
-        eval_all.main(argv)
+        eval_all.main([*argv, "--in_process", "true"])
         return capsys.readouterr().out
 
     return run_driver
