@@ -6,8 +6,8 @@ Run as:
         --output_dir runs/eval/longalign-7b --lbc_data_dir data/longbench_chat [--only lbc,longbench,mt_bench,needle]
     python scripts/eval_all.py --compare runs/eval/naive runs/eval/sort runs/eval/pack runs/eval/pack_loss
 
-Each stage is the benchmark's own script, run as a subprocess with the paper's settings and writing into its
-own folder under --output_dir; each is resumable (a re-run generates and judges only what is missing), so
+Each stage is the benchmark's own script, run as a subprocess (or, --in_process, in this process) with the
+paper's settings and writing into its own folder under --output_dir; each is resumable (a re-run generates and judges only what is missing), so
 re-running the same command after an interruption finishes the table:
 
     stage      script(s)                                  score in the table
