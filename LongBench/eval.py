@@ -122,8 +122,7 @@ class LazyGenerator:
     def __getattr__(self, name):
         with self._lock:  # server requests run in threads: load once
             if self._gen is None:
-                a = self.args
-                self._gen = Generator.from_args(a, temperature=0.0)
+                self._gen = Generator.from_args(self.args, temperature=0.0)
         return getattr(self._gen, name)
 
 

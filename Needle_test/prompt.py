@@ -182,6 +182,13 @@ def build_context(tokenizer, hay_ids: list[int], ends: list[int], needle: str, t
 
 def main(argv=None):
     (args,) = parse_args(Args, argv, default_config=CONFIG)
+    out = Path(args.output_dir)
+    settings = asdict(args) | {"lengths": args.lengths, "depths": args.depths}
+    meta = out / "meta.json"
+    if (out / "prompts.jsonl").is_file() and meta.is_file() and json.loads(meta.read_text(encoding="utf-8")) == settings:
+        # deterministic: the same settings would write the same prompts (re-tokenising a 60k-token grid costs minutes)
+        print(f"{out / 'prompts.jsonl'} was made by this same command: kept")
+        return
     tokenizer = load_tokenizer(args.tokenizer, trust_remote_code=args.trust_remote_code)
     text = read_haystack(args.haystack_dir)
     hay_ids = encode(tokenizer, text)
@@ -193,8 +200,8 @@ def main(argv=None):
     print(f"needle prompts: {len(args.lengths)} lengths x {len(args.depths)} depths, tokenizer {args.tokenizer}, "
           f"{len(ends)} sentence ends in the first {need + 64} haystack tokens")
 
-    out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    meta.unlink(missing_ok=True)  # written last: a run killed while writing prompts leaves no "kept" behind
     worst, rows = 0.0, []
     for length in tqdm(args.lengths, desc="contexts"):
         for depth in args.depths:
@@ -208,8 +215,7 @@ def main(argv=None):
                          "needle": args.needle.strip(), "retrieval_question": args.retrieval_question})
     with open(out / "prompts.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    settings = {k: v for k, v in asdict(args).items()} | {"lengths": args.lengths, "depths": args.depths}
-    (out / "meta.json").write_text(json.dumps(settings, indent=1, ensure_ascii=False))
+    meta.write_text(json.dumps(settings, indent=1, ensure_ascii=False))
     print(f"wrote {len(rows)} prompts -> {out / 'prompts.jsonl'}; largest depth error {worst:.2f} % of the haystack")
 
 

@@ -301,16 +301,11 @@ def run_script(cmd: list[str], in_process: bool) -> int:
         gc.collect()  # the stage's model goes with its module
 
 
-def run_stage(stage: str, commands: list[list[str]], out: Path, before: list[str], in_process: bool = False
-              ) -> tuple[int, float]:
-    """Run the stage's commands in order (stop at the first failure); (exit status, seconds).
-    before: the commands the last run of this stage recorded."""
+def run_stage(stage: str, commands: list[list[str]], in_process: bool = False) -> tuple[int, float]:
+    """Run the stage's commands in order (stop at the first failure); (exit status, seconds). Each script is
+    resumable itself: a re-run does only what its files lack."""
     t0 = time.monotonic()
     for cmd in commands:
-        prompts = out / "needle" / "prompts" / "prompts.jsonl"
-        if cmd[0] == "Needle_test/prompt.py" and prompts.is_file() and shlex.join(cmd) in before:
-            print(f"[eval_all] {stage}: {prompts} was made by this same command: kept", flush=True)
-            continue  # the prompts are deterministic; re-tokenising a 60k-token grid would only cost time
         print(f"[eval_all] {stage}: python {shlex.join(cmd)}", flush=True)
         status = run_script(cmd, in_process)
         if status != 0:
@@ -337,8 +332,7 @@ def main(argv=None):
 
     for stage, cmds in commands.items():
         print(f"\n==================== {stage} ====================", flush=True)
-        status, seconds = run_stage(stage, cmds, out, results["stages"].get(stage, {}).get("commands", []),
-                                    args.in_process)
+        status, seconds = run_stage(stage, cmds, args.in_process)
         earlier = results["stages"].get(stage, {}).get("seconds_per_run", [])
         results["stages"][stage] = {"status": "done" if status == 0 else f"failed (exit {status})",
                                     "seconds": round(seconds, 1), "seconds_per_run": [*earlier, round(seconds, 1)],

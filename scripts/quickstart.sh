@@ -62,12 +62,17 @@ stage train train.py \
 stage eval scripts/eval_all.py \
   bash scripts/quickstart_eval.sh "$RUN"
 
-stage heatmap Needle_test/vis.py \
-  bash -c 'for name in base trained; do
-    f=$0/eval/$name/needle/scores.jsonl
-    [ -f "$f" ] && python Needle_test/vis.py --scores_file "$f" --output_file "$0/needle_$name.png" \
-      --title "Needle test, SmolLM2-135M-Instruct ($name)"
-  done; true' "$RUN"
+# heatmaps: RUN_DIR/needle_{base,trained}.png from each model's Needle scores
+heatmaps() {
+  for name in base trained; do
+    local f=$RUN/eval/$name/needle/scores.jsonl
+    if [ -f "$f" ]; then
+      python Needle_test/vis.py --scores_file "$f" --output_file "$RUN/needle_$name.png" \
+        --title "Needle test, SmolLM2-135M-Instruct ($name)"
+    fi
+  done
+}
+stage heatmap Needle_test/vis.py heatmaps
 
 echo
 echo "==================== summary ===================="
