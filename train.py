@@ -334,6 +334,15 @@ def main(argv=None) -> dict:
     return run_main(lambda a: run(*parse_args((ModelArguments, DataArguments, LongAlignTrainingArguments), a)), argv)
 
 
+def cpu_supports_fp16() -> bool:
+    """Whether this CPU computes in float16, decided as DeepSpeed's CPU accelerator decides it
+    (`is_fp16_supported`: oneDNN's fp16 check; true with AVX-512 FP16 or AMX, false on an AVX2-only x86-64)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
+    except (AttributeError, RuntimeError):  # a PyTorch build without oneDNN
+        return False
+
+
 def run(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> dict:
     from longalign.models import load_model, model_config
     from longalign.store import TokenizedStore
@@ -342,6 +351,10 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: TrainingArgu
     if args.remove_unused_columns:
         raise UserError("--remove_unused_columns true would drop the batches' loss_weights and cu_seqlens, which "
                         "the model takes: leave it false")
+    if args.fp16 and (args.use_cpu or not torch.cuda.is_available()) and not cpu_supports_fp16():
+        # DeepSpeed would stop at its first step ("Type fp16 is not supported on your device"), after the load
+        raise UserError("--fp16 needs a CPU with float16 support (AVX-512 FP16 or AMX; oneDNN reports none on "
+                        "this one): use --bf16 true instead, or train on a GPU")
     model_config(model_args.model_name_or_path)
     if not (Path(data_args.train_dir) / "meta.json").is_file():
         raise UserError(f"--train_dir {data_args.train_dir} has no meta.json: run pre_tokenize.py "

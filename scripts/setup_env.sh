@@ -34,5 +34,9 @@ export PATH="$VENV/bin:$PATH"
 # Also on PYTHONPATH (which comes before the editable install): a .venv shared by several checkouts still
 # runs each checkout's own code.
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+# DeepSpeed JIT-builds its CPU ops (cpu_adam, shm_comm) on first use; torch caches them by name in one folder per
+# user, so two checkouts with their own .venv would rebuild each other's in turn (~1 min each): keep them per
+# environment.
+export TORCH_EXTENSIONS_DIR="$VENV/torch_extensions"
 # Offline by design: nothing in the quickstart or the tests talks to a hub.
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_NO_ADVISORY_WARNINGS=1 TOKENIZERS_PARALLELISM=false

@@ -6,7 +6,7 @@ Each launch (torchrun, gloo) runs, per model, 3 optimizer steps (checkpoint at s
 from that checkpoint; tests/paper_config_run.py records what reaches the loss. Asserted:
   - the per-token weights that reach the loss are bit-identical to Schedule's fp32 weights, on every target token
     of every rank and micro-step (laid out and shifted here, independently of the product's collator); also
-    with --fp16 (Llama, 3 steps);
+    with --fp16 (Llama, 3 steps) where the CPU has float16 (left out with a warning where it has not);
   - the resumed run reaches global step 3 and its step 3 equals the uninterrupted one: the same loss on every rank
     and the same fp32 master weights after it.
 Also, without DeepSpeed: the Trainer's dtype cast no longer reaches the loss weights (LongAlignTrainer).
@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -26,6 +27,7 @@ from test_train_deepspeed import cpu_zero3_config, free_port
 from train_helpers import make_store, one_thread, with_plan  # noqa: F401  (one_thread: autouse fixture)
 
 from longalign import IGNORE_INDEX
+from train import cpu_supports_fp16
 
 ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip("deepspeed")
@@ -161,10 +163,15 @@ def test_paper_config_weights_exact_and_resume(setup, tmp_path, sp):
                  {"capture": str(resumed / "capture"),
                   "argv": paper_argv(model_dir, setup.plans[sp], resumed, sp, setup.ds_config,
                                      "--resume_from_checkpoint", full / f"checkpoint-{SAVE_AT}")}]
-    # and --fp16 (DeepSpeed's loss scaling), Llama only, no resume: the weights must survive that cast too
+    # and --fp16 (DeepSpeed's loss scaling), Llama only, no resume: the weights must survive that cast too -- where
+    # the CPU computes in fp16 (DeepSpeed's own check; not on an AVX2-only x86-64). The bf16 runs check everything else.
     fp16 = tmp_path / "llama-fp16"
-    runs.append({"capture": str(fp16 / "capture"), "argv": paper_argv(setup.models["llama"], setup.plans[sp], fp16, sp,
-                                                                      setup.ds_config, precision="fp16")})
+    if cpu_supports_fp16():
+        runs.append({"capture": str(fp16 / "capture"), "argv": paper_argv(
+            setup.models["llama"], setup.plans[sp], fp16, sp, setup.ds_config, precision="fp16")})
+    else:
+        warnings.warn("the --fp16 run of test_paper_config is left out: this CPU has no float16 (oneDNN, as "
+                      "DeepSpeed's CPU accelerator asks); its bf16 runs are checked in full", stacklevel=1)
     (tmp_path / "runs.json").write_text(json.dumps(runs))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(free_port()), "tests/paper_config_run.py", str(tmp_path / "runs.json")]
@@ -174,7 +181,8 @@ def test_paper_config_weights_exact_and_resume(setup, tmp_path, sp):
     assert run.stdout.count(f"resuming from {tmp_path}") == 2, run.stdout[-3000:]
 
     expected = expected_inputs(setup.plans[sp], sp)
-    check_weights(fp16 / "capture", expected, sp, 0, f"llama, SP {sp}, fp16 ZeRO-3 offload, steps 1-{STEPS}")
+    if fp16.exists():
+        check_weights(fp16 / "capture", expected, sp, 0, f"llama, SP {sp}, fp16 ZeRO-3 offload, steps 1-{STEPS}")
     for model in setup.models:
         full, resumed = tmp_path / model / "full", tmp_path / model / "resumed"
         label = f"{model}, SP {sp}, bf16 ZeRO-3 offload"

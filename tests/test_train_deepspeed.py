@@ -1,7 +1,8 @@
 """DeepSpeed ZeRO-3 really runs on the CPU: 2 processes (torchrun, gloo) x accumulation 2 end with the weights
 of 1 process x accumulation 4 (the same 4 sequences in every optimizer step), and write a consolidated model.
 
-The first DeepSpeed run on a machine JIT-compiles an op (about a minute, cached in ~/.cache/torch_extensions).
+The first DeepSpeed run in an environment JIT-compiles its CPU ops (1-2 minutes; scripts/test.sh does it before
+pytest, into .venv/torch_extensions).
 """
 
 import json

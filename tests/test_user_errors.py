@@ -136,3 +136,25 @@ def test_older_names_work_as_config_keys(tmp_path, monkeypatch):
     config.write_text("model_path: some/model\nout_dir: runs/x\n")
     (args,) = parse_args((pred.Args,), ["--config", str(config)])
     assert (args.model_name_or_path, args.output_dir) == ("some/model", "runs/x")
+
+
+@pytest.mark.parametrize("supported", [False, True], ids=["no-fp16-cpu", "fp16-cpu"])
+def test_fp16_on_a_cpu_without_it_stops_before_any_work(supported, tmp_path, monkeypatch, capsys):
+    """On an AVX2-only x86-64 oneDNN has no float16, DeepSpeed's CPU accelerator refuses it at its first step
+    ("Type fp16 is not supported on your device"): train.py says so first, in one sentence. The accelerator's
+    check is replaced by a double either way, so the test means the same on every CPU; the control (a CPU with
+    fp16) goes past the check and stops at the next missing input instead."""
+    import train
+
+    monkeypatch.setattr(train, "cpu_supports_fp16", lambda: supported)
+    argv = ["--model_name_or_path", "/nope", "--train_dir", str(tmp_path / "store"), "--output_dir",
+            str(tmp_path / "run"), "--fp16", "true", "--use_cpu", "true"]
+    with pytest.raises(SystemExit) as stop:
+        train.main(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    if supported:
+        assert "--model_name_or_path /nope does not exist" in err, err
+    else:
+        assert "--fp16 needs a CPU with float16 support" in err and "--bf16 true" in err, err
+    assert not (tmp_path / "run").exists()
