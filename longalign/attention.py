@@ -161,6 +161,15 @@ def resolve_cache(model, cache, use_cache, packed_or_labels: bool):
     return cache
 
 
+def lm_output(loss, logits, cache):
+    """The model files' return value, a CausalLMOutputWithPast. Its KV-cache field is `cache` in transformers
+    5.24 and `past_key_values` in 5.17 (the GPU image's): fill whichever this version has."""
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    field = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+    return CausalLMOutputWithPast(loss=loss, logits=logits, **{field: cache})
+
+
 # ---------------------------------------------------------------------------------------------
 # Backends: a varlen kernel is (q, k, v, cu_seq_q, cu_seq_k, max_q, max_k, scale) -> out, with q, k, v
 # (total, heads, D) and causal attention aligned to the LAST key of each sequence (FlashAttention-2's rule
