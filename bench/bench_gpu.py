@@ -384,18 +384,21 @@ class Run:
                 previous = signal.signal(signal.SIGALRM, on_alarm)
                 signal.setitimer(signal.ITIMER_REAL, box)
             try:
-                fn(rec)
-                rec["status"] = "ok"
+                try:
+                    fn(rec)
+                    rec["status"] = "ok"
+                finally:  # the timer stops before anything is handled; an alarm before this line still lands below
+                    if alarm:
+                        signal.setitimer(signal.ITIMER_REAL, 0)
             except StageTimeout as e:
                 rec.update(status="timeout", error=str(e))
             except Exception as e:
                 rec.update(status="error", error=error_text(e), traceback=traceback.format_exc(limit=-4)[-2000:])
             finally:
                 if alarm:
-                    signal.setitimer(signal.ITIMER_REAL, 0)
                     signal.signal(signal.SIGALRM, previous)
                 self.stage_deadline = self.deadline
-                free_memory(self.device)
+            free_memory(self.device)
             rec["seconds"] = round(time.monotonic() - t0, 2)
         self.results["stages"][name] = rec
         self.write()
