@@ -24,7 +24,8 @@ stage, so a run killed from outside keeps what it measured):
   train_64k/32k/16k one training step (forward + backward, fused weighted loss, activation checkpointing, bf16) of a
                     Llama-2-7B-shaped model with --layers decoder layers (default 8 of the real 32: room for stock
                     transformers beside it and three pack sizes inside 6 minutes) on one pack of a LongAlign-shaped
-                    length mix (longalign/packing.py, best-fit-decreasing, a pack with the median sequence count);
+                    length mix (longalign/packing.py, best-fit-decreasing; the pack with the median sequence count,
+                    3 at 64k: most packs hold a few long documents, the mean of 11 comes from packs of short chats);
                     then stock transformers.LlamaForCausalLM with the same weights on the same pack: position_ids
                     packing under sdpa (and flash_attention_2 where it imports), its own token-mean loss. tokens/s,
                     MFU, peak memory, and the ratios ours/theirs
