@@ -12,7 +12,8 @@
 # On this workplace's lent GPU, the device tool's `run` with command `bash bench/gpu_run.sh` and timeout_s 540.
 #
 # Device time (15 minutes in all, every try counted): a machine's start ~1-2 min + smoke <= 2 + full <= 6 = 10 min
-# at most, which leaves one rerun of the stages that failed (the second line above, ~3-4 min). Each stage inside has
+# at most, which leaves one rerun of the stages that failed (the second line above, ~3-4 min), issued at once: the
+# machine stays warm 30 s after a call, and a new start costs 1-2 min more. Each stage inside has
 # its own time box, and the full run's stages share --time_budget 300 s (bench_gpu.py); `timeout` below is the
 # outer guard.
 #
