@@ -28,9 +28,15 @@ from torch import nn
 from transformers import PreTrainedConfig, PreTrainedModel
 from transformers.generation import GenerationMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from longalign.attention import Layout, attention, keep_padding_mask, prepare_positions, resolve_cache
+from longalign.attention import (
+    Layout,
+    attention,
+    keep_padding_mask,
+    lm_output,
+    prepare_positions,
+    resolve_cache,
+)
 from longalign.loss import LMHead
 from modeling_llama import LlamaPreTrainedModel, RMSNorm, RotaryEmbedding
 
@@ -240,7 +246,7 @@ class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel, GenerationMixin):
         # (loss, None) with labels, else (None, logits (B, T, V))
         loss, logits = self.transformer.output_layer(hidden, labels, loss_weights, cu_seqlens,
                                                          logits_to_keep, shift_labels, shift_loss_weights)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache)
+        return lm_output(loss, logits, cache)
 
     @torch.inference_mode()
     def chat(self, tokenizer, query: str, history: list | None = None, template: str = "chatglm",

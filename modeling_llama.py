@@ -36,10 +36,16 @@ from transformers import LlamaConfig, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.generation import GenerationMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
 
-from longalign.attention import Layout, attention, keep_padding_mask, prepare_positions, resolve_cache
+from longalign.attention import (
+    Layout,
+    attention,
+    keep_padding_mask,
+    lm_output,
+    prepare_positions,
+    resolve_cache,
+)
 from longalign.loss import LMHead
 
 # ---------------------------------------------------------------------------------------------
@@ -256,4 +262,4 @@ class LlamaForCausalLM(LlamaPreTrainedModel, GenerationMixin):
         # (loss, None) with labels, else (None, logits (B, T, V))
         loss, logits = self.lm_head(hidden, labels, loss_weights, cu_seqlens, logits_to_keep,
                                    shift_labels, shift_loss_weights)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache)
+        return lm_output(loss, logits, cache)

@@ -161,6 +161,15 @@ def resolve_cache(model, cache, use_cache, packed_or_labels: bool):
     return cache
 
 
+def lm_output(loss, logits, cache):
+    """The model files' return value, a CausalLMOutputWithPast. Its KV-cache field is `cache` in transformers
+    5.24 and `past_key_values` in 5.17 (the GPU image's): fill whichever this version has."""
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    field = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+    return CausalLMOutputWithPast(loss=loss, logits=logits, **{field: cache})
+
+
 # ---------------------------------------------------------------------------------------------
 # Backends: a varlen kernel is (q, k, v, cu_seq_q, cu_seq_k, max_q, max_k, scale) -> out, with q, k, v
 # (total, heads, D) and causal attention aligned to the LAST key of each sequence (FlashAttention-2's rule
@@ -247,6 +256,24 @@ _backend: Backend | None = None
 _SDPA_NAME = "sdpa, one scaled_dot_product_attention call per packed sequence"
 
 
+def _kernel_backends(device_type: str | None):
+    """Yield (maker, Backend) for each kernel backend that imports and passes the probe, in order of preference,
+    or (maker, the exception) for one that does not. Lazy: a caller that stops early probes no further."""
+    for make in ((_flash_attn, _torch_varlen) if device_type else ()):
+        try:
+            name, kernel = make()
+            _probe(kernel, device_type)
+            yield make, Backend(name, kernel, device_type)
+        # A build against another torch fails in many ways: ImportError/OSError from its .so, a TypeError
+        # from a changed signature, a RuntimeError from the call; every one of them means "not this one".
+        except Exception as e:
+            yield make, e
+
+
+def _unavailable(make, e: Exception) -> str:
+    return f"{make.__name__.strip('_')} unavailable ({type(e).__name__}: {str(e)[:200]})"
+
+
 def select_backend(device_type: str | None = None) -> Backend:
     """Choose the packed-attention backend for this process, print it once and return it.
 
@@ -257,28 +284,36 @@ def select_backend(device_type: str | None = None) -> Backend:
     if device_type is None and torch.cuda.is_available():
         device_type = "cuda"
     chosen, why = None, []
-    for make in ((_flash_attn, _torch_varlen) if device_type else ()):
-        try:
-            name, kernel = make()
-            _probe(kernel, device_type)
-            chosen = Backend(name, kernel, device_type)
+    for make, found in _kernel_backends(device_type):
+        if isinstance(found, Backend):
+            chosen = found
             break
-        # A build against another torch fails in many ways: ImportError/OSError from its .so, a TypeError
-        # from a changed signature, a RuntimeError from the call; every one of them means "not this one".
-        except Exception as e:
-            reason = f"{type(e).__name__}: {str(e)[:200]}"
-            why.append(f"{make.__name__.strip('_')} unavailable ({reason})")
-            not_installed = isinstance(e, ModuleNotFoundError) and e.name == "flash_attn"
-            if make is _flash_attn and not not_installed:
-                warnings.warn(f"flash-attn is installed but does not run here ({reason}); falling back to the "
-                              "next attention backend. Reinstall it built for this torch "
-                              f"({torch.__version__}), or uninstall it.", stacklevel=2)
+        why.append(_unavailable(make, found))
+        not_installed = isinstance(found, ModuleNotFoundError) and found.name == "flash_attn"
+        if make is _flash_attn and not not_installed:
+            reason = f"{type(found).__name__}: {str(found)[:200]}"
+            warnings.warn(f"flash-attn is installed but does not run here ({reason}); falling back to the "
+                          "next attention backend. Reinstall it built for this torch "
+                          f"({torch.__version__}), or uninstall it.", stacklevel=2)
     if chosen is None:
         chosen = Backend(_SDPA_NAME + (f" [{'; '.join(why)}]" if device_type else " [no CUDA]"))
     # tqdm.write: a line of its own even while a training or generation progress bar is drawn
     tqdm.write(f"[attention] backend: {chosen.name}", file=sys.stdout)
     _backend = chosen
     return chosen
+
+
+def available_backends(device_type: str | None) -> tuple[list[Backend], list[str]]:
+    """Every backend that runs on `device_type` (kernels that import and pass the probe, in select_backend's order,
+    then SDPA) and why each other kernel does not; prints and warns nothing. For benchmarks that measure each one
+    (bench/bench_gpu.py sets `_backend` to each in turn)."""
+    found, why = [], []
+    for make, backend in _kernel_backends(device_type):
+        if isinstance(backend, Backend):
+            found.append(backend)
+        else:
+            why.append(_unavailable(make, backend))
+    return found + [Backend(_SDPA_NAME)], why
 
 
 def current_backend() -> Backend:

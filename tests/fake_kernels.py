@@ -1,7 +1,8 @@
 """Test doubles for the GPU attention kernels, so longalign/attention.py's real selection and call code runs on CPU.
 
 - a fake `flash_attn` package (put into sys.modules) whose `flash_attn_varlen_func` has flash-attn 2.x's signature;
-- a fake `torch.nn.attention.varlen.varlen_attn` with torch 2.13's signature (and older spellings, `SIGNATURES`).
+- a fake `torch.nn.attention.varlen.varlen_attn` with torch 2.13's signature (and 2.11's, the GPU image's, and older
+  spellings: `SIGNATURES`).
 
 Each asserts every documented precondition of the real kernel — (total, heads, head_dim) tensors with a
 contiguous last dim, fp16/bf16, int32 cu_seqlens on the tensors' device that start at 0 and end at the row
@@ -110,12 +111,21 @@ def varlen_attn_without_gqa(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k,
     return varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, scale=scale, window_size=window_size)
 
 
+def varlen_attn_2_11(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
+                     window_size=(-1, -1)):
+    """torch 2.11's signature exactly (torch/nn/attention/varlen.py at v2.11.0, the GPU image's torch): no
+    enable_gqa, so KV heads must equal query heads; causal is `window_size == (-1, 0)`."""
+    return varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, return_aux=return_aux, scale=scale,
+                       window_size=window_size)
+
+
 def varlen_attn_without_scale(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, is_causal=False, return_aux=None):
     """An older spelling without a softmax scale: the product must not use it."""
     raise AssertionError("a varlen_attn without a scale argument must not be called")
 
 
-SIGNATURES = {"2.13": varlen_attn, "no enable_gqa": varlen_attn_without_gqa, "no scale": varlen_attn_without_scale}
+SIGNATURES = {"2.13": varlen_attn, "2.11": varlen_attn_2_11, "no enable_gqa": varlen_attn_without_gqa,
+              "no scale": varlen_attn_without_scale}
 
 
 def broken_flash_attn() -> types.ModuleType:
