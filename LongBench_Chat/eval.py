@@ -148,20 +148,25 @@ def predict(args: Args, cases: list[dict], table: JsonlTable) -> int:
         raise UserError("--model_name_or_path is needed to generate (its tokenizer measures --max_length)")
     gen = Generator.from_args(args, args.max_new_tokens, args.temperature, args.seed)
 
-    def one(case):
-        text, n_tokens, truncated = truncate_text_middle(case["prompt"], gen.tokenizer, args.max_length)
-        out = gen.generate([{"role": "user", "content": text}])
-        return {"idx": case["idx"], "lang": case["lang"], "prediction": out["text"], "input_tokens": n_tokens,
-                "truncated": truncated, "prompt_tokens": out["prompt_tokens"], "template": gen.template}
+    def answer(batch):
+        cut = [truncate_text_middle(case["prompt"], gen.tokenizer, args.max_length) for case in batch]
+        outs = gen.generate_batch([[{"role": "user", "content": text}] for text, _, _ in cut])
+        return [{"idx": case["idx"], "lang": case["lang"], "prediction": out["text"], "input_tokens": n_tokens,
+                 "truncated": truncated, "prompt_tokens": out["prompt_tokens"], "template": gen.template}
+                for case, (_, n_tokens, truncated), out in zip(batch, cut, outs, strict=True)]
 
-    # In-process generation is one case at a time; a server takes --concurrency requests at once.
-    workers = args.concurrency if args.gen_base_url else 1
+    # In-process: --batch_size cases at a time (one padded batch when greedy); a server takes --concurrency
+    # requests at once.
+    size, workers = (1, args.concurrency) if args.gen_base_url else (args.batch_size, 1)
+    batches = [todo[i:i + size] for i in range(0, len(todo), size)]
     import openai
 
     try:
-        with ThreadPoolExecutor(workers) as pool:
-            for row in tqdm(pool.map(one, todo), total=len(todo), desc="generate"):
-                table.append(row)
+        with ThreadPoolExecutor(workers) as pool, tqdm(total=len(todo), desc="generate") as bar:
+            for rows in pool.map(answer, batches):
+                for row in rows:
+                    table.append(row)
+                bar.update(len(rows))
     except openai.APIError as e:
         raise UserError(f"the generation server at {args.gen_base_url} failed after retries ({e}); "
                         "re-run the same command to continue") from None

@@ -38,12 +38,15 @@ class Args:
     temperature: float = field(default=0.0, metadata={"help": "0 = greedy (deterministic)"})
     seed: int = field(default=42, metadata={"help": "generation seed, reset per prompt"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow a tokenizer that is the checkpoint's own code (not needed for ChatGLM3)"})
+    batch_size: int = field(default=1, metadata={"help": "greedy, in-process: answer this many prompts as one padded batch (1 = one at a time; a batch multiplies the KV cache of long prompts)"})
 
     def __post_init__(self):
         if not self.model_name_or_path:
             raise UserError("--model_name_or_path is required (a model folder or hub id)")
         if self.template not in TEMPLATES:
             raise UserError(f"--template {self.template} is not one of {'|'.join(TEMPLATES)}; pick one")
+        if self.batch_size < 1:
+            raise UserError(f"--batch_size {self.batch_size} must be >= 1")
 
 
 def cell(row: dict) -> tuple:
@@ -60,12 +63,16 @@ def main(argv=None):
     if not todo:
         return table
     gen = Generator.from_args(args, args.max_new_tokens, args.temperature, args.seed)
-    for p in tqdm(todo, desc="needle pred"):
-        out = gen.generate(p["messages"])
-        table.append({k: p[k] for k in ("context_length", "depth_percent", "context_tokens", "needle",
-                                        "retrieval_question")}
-                     | {"prompt_tokens": out["prompt_tokens"], "prediction": out["text"],
-                        "model": args.gen_model or args.model_name_or_path, "template": gen.template})
+    bar = tqdm(total=len(todo), desc="needle pred")
+    for start in range(0, len(todo), args.batch_size):  # each batch is written before the next starts
+        batch = todo[start:start + args.batch_size]
+        for p, out in zip(batch, gen.generate_batch([p["messages"] for p in batch]), strict=True):
+            table.append({k: p[k] for k in ("context_length", "depth_percent", "context_tokens", "needle",
+                                            "retrieval_question")}
+                         | {"prompt_tokens": out["prompt_tokens"], "prediction": out["text"],
+                            "model": args.gen_model or args.model_name_or_path, "template": gen.template})
+        bar.update(len(batch))
+    bar.close()
     return table
 
 
