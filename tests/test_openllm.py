@@ -31,7 +31,9 @@ TOL = 1e-6  # the metrics, absolute; the log-likelihoods, relative
 
 @pytest.fixture()
 def data_dir(tmp_path):
-    return synthetic_general.write_cases(tmp_path / "data", num_cases=1, mmlu_subjects=("anatomy",), seed=3)
+    # seed 7: both HellaSwag cases rank the choices differently with and without length normalisation, and one
+    # TruthfulQA case has a mid-range mc2 (0.48): the hand check then tells acc from acc_norm and mc2 from a 0/1 hit
+    return synthetic_general.write_cases(tmp_path / "data", num_cases=2, mmlu_subjects=("anatomy",), seed=7)
 
 
 def run(argv):
@@ -55,6 +57,17 @@ def brute_force_ll(model, tokenizer, context: str, choice: str) -> float:
     return float(sum(logp[len(ctx) - 1 + i, t] for i, t in enumerate(cont)))
 
 
+def by_hand(task: str, lls: np.ndarray, choices: list[str], target: int, mc2_labels) -> dict:
+    """acc (the most likely choice), acc_norm (the most likely per character of the choice, as lm-eval divides by
+    len(choice)), mc2 (the probability mass of the true answers among all answers)."""
+    if task == "truthfulqa_mc2":
+        p = np.exp(lls) / np.exp(lls).sum()
+        return {"mc2": p[np.array(mc2_labels) == 1].sum()}
+    chars = np.array([len(c.strip()) for c in choices])
+    out = {"acc": float(np.argmax(lls) == target), "acc_norm": float(np.argmax(lls / chars) == target)}
+    return {"acc": out["acc"]} if task.startswith("mmlu_") else out  # MMLU's YAML scores acc only
+
+
 def test_hand_checked_values_leaderboard_shots_and_rerun(tiny_llama_dir, data_dir, tmp_path, monkeypatch):
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
@@ -64,23 +77,27 @@ def test_hand_checked_values_leaderboard_shots_and_rerun(tiny_llama_dir, data_di
             "--mmlu_subjects", "anatomy", "--batch_size", "3"]
     first = run(argv)
     assert first["num_fewshot"] == LEADERBOARD_SHOTS
-    assert first["num_docs"] == dict.fromkeys(LEADERBOARD_SHOTS, 1)
-    samples = {r["task"]: r for r in read_jsonl(out / "samples.jsonl")}
-    assert first["computed"] == sum(len(r["choices"]) for r in samples.values()) == 4 + 4 + 5 + 4
+    assert first["num_docs"] == dict.fromkeys(LEADERBOARD_SHOTS, 2)
+    samples = read_jsonl(out / "samples.jsonl")
+    assert first["computed"] == sum(len(r["choices"]) for r in samples) == 2 * (4 + 4 + 4 + 4)
 
-    # the prompts: lm-eval's text, the leaderboard's shots from the right split, no chat template
     def rows(name):
         return read_jsonl(data_dir / name)
 
-    arc, hs, tqa, mmlu = (samples[t]["context"] for t in LEADERBOARD_SHOTS)
-    arc_test, = rows("ai2_arc/ARC-Challenge/test.jsonl")
+    # the prompts: lm-eval's text, the leaderboard's shots from the right split, no chat template
+    first_case = {}
+    for r in samples:
+        first_case.setdefault(r["task"], r)
+    arc, hs, tqa, mmlu = (first_case[t]["context"] for t in LEADERBOARD_SHOTS)
+    arc_tests = rows("ai2_arc/ARC-Challenge/test.jsonl")
     train_questions = {r["question"] for r in rows("ai2_arc/ARC-Challenge/train.jsonl")}
     blocks = arc.split("\n\n")
-    assert len(blocks) == 26 and blocks[-1] == f"Question: {arc_test['question']}\nAnswer:"
+    assert len(blocks) == 26 and blocks[-1] == f"Question: {arc_tests[0]['question']}\nAnswer:"
     assert all(b.split("\n")[0].removeprefix("Question: ") in train_questions for b in blocks[:-1])
     hs_train = {r["activity_label"] for r in rows("hellaswag/train.jsonl")}
     assert len(hs.split("\n\n")) == 11 and all(b.split(":")[0] in hs_train for b in hs.split("\n\n")[:-1])
-    assert tqa.count("\nQ: ") == 6 and tqa.endswith(f"Q: {rows('truthful_qa/multiple_choice/validation.jsonl')[0]['question']}\nA:")
+    tqa_cases = rows("truthful_qa/multiple_choice/validation.jsonl")
+    assert tqa.count("\nQ: ") == 6 and tqa.endswith(f"Q: {tqa_cases[0]['question']}\nA:")
     dev = rows("mmlu/anatomy/dev.jsonl")  # lm-eval's first_n sampler: the dev split's first 5, in order
     assert mmlu.startswith("The following are multiple choice questions (with answers) about anatomy.\n\n")
     assert [b.split("\n")[0] for b in mmlu.split("\n\n")[1:6]] == [r["question"] for r in dev]
@@ -89,65 +106,62 @@ def test_hand_checked_values_leaderboard_shots_and_rerun(tiny_llama_dir, data_di
     # brute force, independent of lm-eval: transformers' own Llama class on the same weights, one pass per choice
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
     model = LlamaForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32).eval()
-    ours = {}
-    for task, s in samples.items():
+    ours, worst = {}, 0.0
+    for s in samples:
+        task, labels = s["task"], tqa_cases[s["doc_id"]]["mc2_targets"]["labels"]
         lls = np.array([brute_force_ll(model, tokenizer, s["context"], c) for c in s["choices"]])
         # lm-eval sums float32 log-probabilities of a padded batch: equal to float32 rounding (|ll| up to ~300 here)
+        worst = max(worst, np.abs(lls - s["lls"]).max() / np.abs(lls).max())
         assert np.abs(lls - np.array(s["lls"])).max() <= TOL * np.abs(lls).max(), (task, lls, s["lls"])
         # the metrics by hand, from the model's log-likelihoods as the stage recorded them (to 1e-6), and from ours
         # (the same picks; mc2 moves by the float32 rounding of the log-likelihoods: 1e-5)
-        for source, values, tol in (("stage", np.array(s["lls"]), TOL), ("brute force", lls, 1e-5)):
-            chars = np.array([len(c.strip()) for c in s["choices"]])  # lm-eval divides by the choice's characters
-            if task == "truthfulqa_mc2":
-                labels = np.array(rows("truthful_qa/multiple_choice/validation.jsonl")[0]["mc2_targets"]["labels"])
-                p = np.exp(values) / np.exp(values).sum()
-                mine = {"mc2": p[labels == 1].sum()}
-            else:
-                mine = {"acc": float(np.argmax(values) == s["target"])}
-                if not task.startswith("mmlu_"):  # MMLU's YAML scores acc only
-                    mine["acc_norm"] = float(np.argmax(values / chars) == s["target"])
+        for values, tol in ((np.array(s["lls"]), TOL), (lls, 1e-5)):
+            mine = by_hand(task, values, s["choices"], s["target"], labels)
             assert set(mine) == {k for k in ("acc", "acc_norm", "mc2") if k in s}, task
             for metric, value in mine.items():
-                assert abs(value - s[metric]) <= tol, (source, task, metric, value, s[metric])
-            ours.setdefault(task, mine)
+                assert abs(value - s[metric]) <= tol, (task, s["doc_id"], metric, value, s[metric])
+        ours.setdefault(task, []).append(by_hand(task, np.array(s["lls"]), s["choices"], s["target"], labels))
+    mean = {t: {k: np.mean([c[k] for c in cases]) for k in cases[0]} for t, cases in ours.items()}
     cols = first["columns"]
-    assert abs(cols["arc"] - 100 * ours["arc_challenge"]["acc_norm"]) <= TOL
-    assert abs(cols["hellaswag"] - 100 * ours["hellaswag"]["acc_norm"]) <= TOL
-    assert abs(cols["truthfulqa"] - 100 * ours["truthfulqa_mc2"]["mc2"]) <= TOL
-    assert abs(cols["mmlu"] - 100 * ours["mmlu_anatomy"]["acc"]) <= TOL and first["mmlu_subjects"] == {"anatomy": cols["mmlu"]}
-    assert 0 < cols["truthfulqa"] < 100  # mc2 is a probability mass, not a 0/1 hit
-    print("hand-checked:", {t: {k: round(float(v), 6) for k, v in m.items()} for t, m in ours.items()})
+    assert abs(cols["arc"] - 100 * mean["arc_challenge"]["acc_norm"]) <= TOL
+    assert abs(cols["hellaswag"] - 100 * mean["hellaswag"]["acc_norm"]) <= TOL
+    assert abs(cols["truthfulqa"] - 100 * mean["truthfulqa_mc2"]["mc2"]) <= TOL
+    assert abs(cols["mmlu"] - 100 * mean["mmlu_anatomy"]["acc"]) <= TOL and first["mmlu_subjects"] == {"anatomy": cols["mmlu"]}
+    assert any(0.01 < c["mc2"] < 0.99 for c in ours["truthfulqa_mc2"])  # a probability mass, not a 0/1 hit
+    print(f"hand-checked (log-likelihoods equal to {worst:.1e} relative):",
+          {t: [{k: round(float(v), 6) for k, v in c.items()} for c in cases] for t, cases in ours.items()})
 
-    # negative controls: a chat-templated prompt scores otherwise; so does normalising by tokens, not characters
-    s = samples["arc_challenge"]
+    # negative controls: a chat-templated prompt scores otherwise, and so does normalising by tokens (not characters)
+    s = first_case["arc_challenge"]
     chat = tokenizer.apply_chat_template([{"role": "user", "content": s["context"]}], tokenize=False,
                                          add_generation_prompt=True)
     assert abs(brute_force_ll(model, tokenizer, chat, s["choices"][0]) - s["lls"][0]) > 1e-2
-    per_token = [np.array(r["lls"]) / [len(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in r["choices"]]
-                 for r in samples.values()]
-    per_char = [np.array(r["lls"]) / [len(c.strip()) for c in r["choices"]] for r in samples.values()]
-    assert any(not np.allclose(a / a.sum(), b / b.sum()) for a, b in zip(per_token, per_char, strict=True))
+    per_token = [np.argmax(np.array(r["lls"]) / [len(tokenizer(c, add_special_tokens=False)["input_ids"])
+                                                 for c in r["choices"]]) for r in samples if "acc_norm" in r]
+    per_char = [np.argmax(np.array(r["lls"]) / [len(c.strip()) for c in r["choices"]]) for r in samples if "acc_norm" in r]
+    assert per_token != per_char
 
-    # a re-run computes nothing and loads no model. To see acc and acc_norm part, the ARC and HellaSwag cases'
-    # gold answers become the choice acc_norm picks (a label is not part of its own case's prompt, so every request
-    # is the same): acc_norm is then 1, acc is 1 only where the unnormalised pick is the same choice
+    # a re-run computes nothing and loads no model. To see acc and acc_norm part, each ARC and HellaSwag case's gold
+    # answer becomes the choice acc_norm picks (a label is not part of its own case's prompt, so every request is
+    # the same): acc_norm is then 1, acc is 1 only where the unnormalised pick is the same choice
     monkeypatch.setattr("longalign.generation.load_causal_lm", lambda *a, **k: pytest.fail("a re-run loaded the model"))
-    picks = {t: int(np.argmax(np.array(samples[t]["lls"]) / [len(c.strip()) for c in samples[t]["choices"]]))
-             for t in ("arc_challenge", "hellaswag")}
-    arc_test["answerKey"] = arc_test["choices"]["label"][picks["arc_challenge"]]
-    (data_dir / "ai2_arc/ARC-Challenge/test.jsonl").write_text(json.dumps(arc_test) + "\n")
-    hs_case, = rows("hellaswag/validation.jsonl")
-    (data_dir / "hellaswag/validation.jsonl").write_text(json.dumps(hs_case | {"label": str(picks["hellaswag"])}) + "\n")
+    picks = {(r["task"], r["doc_id"]): int(np.argmax(np.array(r["lls"]) / [len(c.strip()) for c in r["choices"]]))
+             for r in samples if r["task"] in ("arc_challenge", "hellaswag")}
+    for i, case in enumerate(arc_tests):
+        case["answerKey"] = case["choices"]["label"][picks["arc_challenge", i]]
+    (data_dir / "ai2_arc/ARC-Challenge/test.jsonl").write_text("".join(json.dumps(c) + "\n" for c in arc_tests))
+    hs_cases = [c | {"label": str(picks["hellaswag", i])} for i, c in enumerate(rows("hellaswag/validation.jsonl"))]
+    (data_dir / "hellaswag/validation.jsonl").write_text("".join(json.dumps(c) + "\n" for c in hs_cases))
     again = run(argv)
     assert again["computed"] == 0 and again["cached"] == first["computed"]
     assert len(read_jsonl(out / "loglikelihoods.jsonl")) == first["computed"]
     assert again["columns"]["arc"] == again["columns"]["hellaswag"] == 100.0
     assert (again["columns"]["truthfulqa"], again["columns"]["mmlu"]) == (cols["truthfulqa"], cols["mmlu"])
-    for t, r in ((r["task"], r) for r in read_jsonl(out / "samples.jsonl")):
-        if t in picks:
-            assert (r["acc"], r["acc_norm"]) == (float(np.argmax(r["lls"]) == picks[t]), 1.0)
-    print("after relabelling:", {t: (r["acc"], r["acc_norm"]) for t, r in ((r["task"], r) for r in read_jsonl(
-        out / "samples.jsonl")) if t in picks})
+    relabelled = [r for r in read_jsonl(out / "samples.jsonl") if (r["task"], r["doc_id"]) in picks]
+    for r in relabelled:
+        assert (r["acc"], r["acc_norm"]) == (float(np.argmax(r["lls"]) == picks[r["task"], r["doc_id"]]), 1.0)
+    assert any(r["acc"] != r["acc_norm"] for r in relabelled)  # seed 7: the HellaSwag cases
+    print("after relabelling (acc, acc_norm):", [(r["task"], r["doc_id"], r["acc"], r["acc_norm"]) for r in relabelled])
 
 
 def fails_with(capsys, argv, message):

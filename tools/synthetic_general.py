@@ -14,9 +14,11 @@ datasets lm-eval's tasks load (so `Dataset.to_json` of a hub split writes a file
 The splits the few-shot examples come from hold enough cases for the leaderboard's shot counts (ARC's train
 25+, HellaSwag's train 10+, MMLU's dev 5, lm-eval's first 5). The questions are made of real words but state
 nothing true: the scores they give measure the pipeline (prompts, requests, metrics, resumption), not the model.
+They are short on purpose: a 25-shot ARC prompt repeats 25 training questions for each of 4 choices, and on a CPU
+every token of it costs time.
 
 Run as:
-    python -m tools.synthetic_general --output_dir runs/general_data [--num_cases 4 --mmlu_subjects anatomy,virology]
+    python -m tools.synthetic_general --output_dir runs/general_data [--num_cases 2 --mmlu_subjects anatomy,world_religions]
 """
 
 import json
@@ -27,7 +29,7 @@ from pathlib import Path
 from longalign.scriptargs import parse_args, run_main
 
 FEWSHOT_CASES = {"arc": 30, "hellaswag": 12, "mmlu": 5}  # >= 25, 10, 5 shots
-QUICK_SUBJECTS = ("abstract_algebra", "anatomy", "college_physics", "world_religions")
+QUICK_SUBJECTS = ("anatomy", "world_religions")  # the quickstart's: with 25-shot ARC, every token costs CPU time
 
 NOUNS = ("lantern", "kettle", "ladder", "compass", "garden", "bridge", "window", "engine", "river", "harbor",
          "orchard", "violin", "glacier", "library", "meadow", "tunnel", "basket", "mirror", "canyon", "anchor")
@@ -43,36 +45,35 @@ def arc_case(rng: random.Random, i: int) -> dict:
     noun, verb = rng.choice(NOUNS), rng.choice(VERBS)
     options = rng.sample(MATERIALS, 4)
     labels = ["A", "B", "C", "D"]
-    return {"id": f"Synthetic_ARC_{i}", "question": f"Which material helps a worker {verb} a {noun} best?",
+    return {"id": f"Synthetic_ARC_{i}", "question": f"What helps {verb} a {noun}?",
             "choices": {"text": options, "label": labels}, "answerKey": rng.choice(labels)}
 
 
 def hellaswag_case(rng: random.Random, i: int, split: str) -> dict:
     activity, person, place = rng.choice(ACTIVITIES), rng.choice(PEOPLE), rng.choice(PLACES)
-    ctx_a = f"{person} is standing {place} with a {rng.choice(NOUNS)}."
+    ctx_a = f"{person} is {place}."
     ctx_b = rng.choice(("they", "the person", "then they"))
-    endings = [f"{rng.choice(VERBS)} the {rng.choice(NOUNS)} slowly and {rng.choice(VERBS)} it again."
-               for _ in range(4)]
+    endings = [f"{rng.choice(VERBS)} the {rng.choice(NOUNS)}." for _ in range(4)]
     return {"ind": i, "activity_label": activity, "ctx_a": ctx_a, "ctx_b": ctx_b, "ctx": f"{ctx_a} {ctx_b}",
             "endings": endings, "source_id": f"synthetic~{i}", "split": split, "split_type": "indomain",
             "label": str(rng.randrange(4))}
 
 
 def truthfulqa_case(rng: random.Random) -> dict:
-    """Five answers of one shape, two of them marked true (mc2) and the first of those the mc1 answer: answers that
+    """Four answers of one shape, two of them marked true (mc2) and the first of those the mc1 answer: answers that
     differ in one word keep mc2 away from 0 and 1 (a short "I have no comment." would take nearly all of its
     probability mass whatever the model)."""
     noun, verb = rng.choice(NOUNS), rng.choice(VERBS)
-    answers = [f"The {noun} turns into {m} when you {verb} it." for m in rng.sample(MATERIALS, 5)]
+    answers = [f"It turns into {m}." for m in rng.sample(MATERIALS, 4)]
     return {"question": f"What happens if you {verb} a {noun} at night?",
-            "mc1_targets": {"choices": [answers[0], *answers[2:]], "labels": [1, 0, 0, 0]},
-            "mc2_targets": {"choices": answers, "labels": [1, 1, 0, 0, 0]}}
+            "mc1_targets": {"choices": [answers[0], *answers[2:]], "labels": [1, 0, 0]},
+            "mc2_targets": {"choices": answers, "labels": [1, 1, 0, 0]}}
 
 
 def mmlu_case(rng: random.Random, subject: str) -> dict:
     noun, material = rng.choice(NOUNS), rng.choice(MATERIALS)
     options = [f"{n} {rng.randrange(2, 99)}" for n in rng.sample(("about", "nearly", "exactly", "at most"), 4)]
-    return {"question": f"In {subject.replace('_', ' ')}, how many {material} parts does a {noun} have?",
+    return {"question": f"How many {material} parts does a {noun} have?",
             "subject": subject, "choices": options, "answer": rng.randrange(4)}
 
 
@@ -81,7 +82,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
 
 
-def write_cases(out: Path, num_cases: int = 4, mmlu_subjects=QUICK_SUBJECTS, seed: int = 0) -> Path:
+def write_cases(out: Path, num_cases: int = 2, mmlu_subjects=QUICK_SUBJECTS, seed: int = 0) -> Path:
     """Write every file of the layout above into `out` (num_cases evaluated cases per task and MMLU subject)."""
     rng, out = random.Random(seed), Path(out)
     arc = out / "ai2_arc" / "ARC-Challenge"
@@ -99,7 +100,7 @@ def write_cases(out: Path, num_cases: int = 4, mmlu_subjects=QUICK_SUBJECTS, see
 @dataclass
 class Args:
     output_dir: str = field(metadata={"help": "where the files go (the folder to pass as --data_dir)"})
-    num_cases: int = field(default=4, metadata={"help": "evaluated cases per task and per MMLU subject"})
+    num_cases: int = field(default=2, metadata={"help": "evaluated cases per task and per MMLU subject"})
     mmlu_subjects: str = field(default=",".join(QUICK_SUBJECTS), metadata={
         "help": "comma-separated MMLU subjects (lm-eval's names, e.g. anatomy); run OpenLLM/eval.py with the same "
                 "--mmlu_subjects"})
