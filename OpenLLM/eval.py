@@ -39,6 +39,7 @@ Outputs (--output_dir):
 """
 
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -82,8 +83,9 @@ class Args:
                 "default: lm-eval loads them from the hub"})
     limit: int | None = field(default=None, metadata={
         "help": "only the first N cases of each task (each MMLU subject); quick checks, not the benchmark"})
-    batch_size: int = field(default=8, metadata={"help": "requests per forward pass in-process (results do not depend on it "
-                                                         "beyond float rounding)"})
+    batch_size: int = field(default=8, metadata={
+        "help": "requests per forward pass in-process, prompts per request to --gen_base_url (results do not depend "
+                "on it beyond float rounding)"})
     max_length: int | None = field(default=None, metadata={
         "help": "longest prompt + choice in tokens (lm-eval cuts longer ones on the left); default: the model's"})
     tokenizer: str | None = field(default=None, metadata={"help": "tokenizer folder if the model folder has none"})
@@ -92,7 +94,6 @@ class Args:
         "help": "score through this OpenAI-compatible completions server with prompt log-probabilities (vLLM, "
                 "http://host:8000/v1) instead of in-process"})
     gen_model: str | None = field(default=None, metadata={"help": "model name served at --gen_base_url"})
-    concurrency: int = field(default=4, metadata={"help": "parallel requests to --gen_base_url"})
     log_samples: bool = field(default=True, metadata={"help": "write samples.jsonl (every prompt, its choices and scores)"})
 
     def __post_init__(self):
@@ -103,7 +104,7 @@ class Args:
         self.columns = [c for c in COLUMNS if c in self.columns]  # the paper's order
         if self.gen_base_url and not self.gen_model:
             raise UserError("--gen_base_url needs --gen_model, the model name the server serves")
-        for name in ("limit", "batch_size", "max_length", "concurrency"):
+        for name in ("limit", "batch_size", "max_length"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UserError(f"--{name} must be >= 1; fix the flag")
 
@@ -195,11 +196,21 @@ def task_configs(folder: Path, todo: list[tuple[str, str, dict]], data_dir: Path
 def make_backend(args: Args):
     """The LM that computes the log-likelihoods (built only when one is missing from the table)."""
     if args.gen_base_url:
+        from importlib.util import find_spec
+
         from lm_eval.models.openai_completions import LocalCompletionsAPI
 
+        if find_spec("tenacity") is None:  # lm-eval's [api] extra; its client raises a traceback without it
+            raise UserError("--gen_base_url needs the tenacity package (lm-eval's API client); pip install -r "
+                            "requirements.txt")
+
+        # one request at a time holding --batch_size prompts (the server batches them; lm-eval warns that it must
+        # take varied lengths, which OpenAI-compatible servers do): lm-eval's concurrent client would leave asyncio
+        # tracebacks behind when the server is down
+        logging.getLogger("lm_eval.models.api_models").addFilter(lambda r: "Batch size > 1" not in r.getMessage())
         return LocalCompletionsAPI(base_url=args.gen_base_url.rstrip("/") + "/completions", model=args.gen_model,
                                    tokenizer_backend="huggingface", tokenizer=args.tokenizer or args.model_name_or_path,
-                                   num_concurrent=args.concurrency, max_length=args.max_length or 2048)
+                                   num_concurrent=1, batch_size=args.batch_size, max_length=args.max_length or 2048)
     from lm_eval.models.huggingface import HFLM
 
     from longalign.generation import load_causal_lm
@@ -214,7 +225,7 @@ def make_backend(args: Args):
 
 def evaluate(args: Args, out: Path, todo: list, table: JsonlTable):
     import lm_eval
-    import openai
+    import requests
     from datasets.exceptions import DatasetNotFoundError
     from lm_eval.tasks import TaskManager
 
@@ -228,12 +239,15 @@ def evaluate(args: Args, out: Path, todo: list, table: JsonlTable):
             model=lm, tasks=[task for _, task, _ in todo],
             task_manager=TaskManager(include_path=str(folder), include_defaults=False),
             limit=args.limit, bootstrap_iters=0, log_samples=args.log_samples)
-    except openai.APIError as e:
-        raise UserError(f"the server at {args.gen_base_url} failed after retries ({e}); re-run the same command "
-                        "to continue") from None
-    except (ConnectionError, DatasetNotFoundError) as e:  # only hub data is fetched; local files are read
-        raise UserError(f"lm-eval could not load a dataset from the hub ({e}); connect to the hub, or pass "
-                        "--data_dir with local files (OpenLLM/README.md)") from None
+    except (requests.RequestException, ConnectionError, DatasetNotFoundError) as e:
+        # lm-eval's completions client retries (3 times), then raises; what was computed before is in the table
+        if args.gen_base_url and isinstance(e, requests.RequestException):
+            raise UserError(f"could not reach the server at {args.gen_base_url} ({type(e).__name__}); start it or "
+                            "fix --gen_base_url, then re-run the same command to continue") from None
+        if isinstance(e, ConnectionError | DatasetNotFoundError):  # only hub data is fetched; local files are read
+            raise UserError(f"lm-eval could not load a dataset from the hub ({e}); connect to the hub, or pass "
+                            "--data_dir with local files (OpenLLM/README.md)") from None
+        raise
     return results, lm
 
 

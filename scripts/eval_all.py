@@ -179,7 +179,7 @@ def stage_commands(args: Args, out: Path) -> dict[str, list[list[str]]]:
         "general": [["OpenLLM/eval.py", *model, "--output_dir", str(out / "general"),
                      *opt("--data_dir", args.general_data_dir), *opt("--tokenizer", args.tokenizer),
                      *opt("--gen_base_url", args.gen_base_url), *opt("--gen_model", args.gen_model),
-                     *(["--trust_remote_code", "true"] if args.trust_remote_code else []), *conc,
+                     *(["--trust_remote_code", "true"] if args.trust_remote_code else []),
                      *shlex.split(args.general_args)]],
         "needle": [
             ["Needle_test/prompt.py", "--tokenizer", args.tokenizer or args.model_name_or_path,

@@ -209,3 +209,85 @@ def test_synthetic_cases_are_in_the_hub_fields_and_deterministic(tmp_path):
     assert isinstance(hs["label"], str) and len(hs["endings"]) == 4  # a string label, as on the hub
     assert len(read_jsonl(a / "ai2_arc/ARC-Challenge/train.jsonl")) >= 25 and len(read_jsonl(a / "hellaswag/train.jsonl")) >= 10
     assert len(read_jsonl(a / "mmlu/virology/dev.jsonl")) == 5
+
+
+# ---------------------------------------------------------------------------------------------
+# Through an OpenAI-compatible completions server (lm-eval's local-completions client)
+
+class CompletionsServer:
+    """POST /v1/completions as vLLM answers lm-eval's log-likelihood requests (echo, logprobs 1, max_tokens 1): the
+    prompt's token log-probabilities from the tiny model, one unbatched forward pass per prompt, then one greedy
+    token. Records the payloads."""
+
+    def __init__(self, model_dir):
+        import http.server
+        import threading
+
+        import torch
+        from transformers import LlamaForCausalLM
+
+        model = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        self.payloads = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.payloads.append(payload)
+                prompts = payload["prompt"] if isinstance(payload["prompt"][0], list) else [payload["prompt"]]
+                choices = []
+                for i, ids in enumerate(prompts):
+                    with torch.no_grad():
+                        logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), dim=-1)  # (T, V)
+                    best = logp.max(dim=-1)
+                    token_logprobs = [None] + [float(logp[t - 1, ids[t]]) for t in range(1, len(ids))]
+                    top = [None] + [{str(int(best.indices[t - 1])): float(best.values[t - 1])} for t in range(1, len(ids))]
+                    token_logprobs.append(float(best.values[-1]))  # the one generated token
+                    top.append({str(int(best.indices[-1])): float(best.values[-1])})
+                    choices.append({"index": i, "text": "", "logprobs": {"token_logprobs": token_logprobs,
+                                                                           "top_logprobs": top}})
+                body = json.dumps({"id": "x", "object": "text_completion", "choices": choices}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_completions_server_gives_the_in_process_values(tiny_llama_dir, data_dir, tmp_path, capsys):
+    pytest.importorskip("tenacity", reason="lm-eval's API client needs tenacity (requirements.txt): pip install -r requirements.txt")
+    base = ["--model_name_or_path", str(tiny_llama_dir), "--data_dir", str(data_dir), "--tasks", "truthfulqa,mmlu",
+            "--mmlu_subjects", "anatomy"]
+    local = run(base + ["--output_dir", str(tmp_path / "local")])
+    with CompletionsServer(tiny_llama_dir) as srv:
+        served = run(base + ["--output_dir", str(tmp_path / "served"), "--gen_base_url", srv.base_url,
+                             "--gen_model", "tiny"])
+    assert served["computed"] == local["computed"] == sum(len(p["prompt"]) for p in srv.payloads) == 2 * 4 + 2 * 4
+    assert len(srv.payloads) == 2  # --batch_size 8 prompts per request
+    assert all((p["echo"], p["logprobs"], p["max_tokens"], p["model"]) == (True, 1, 1, "tiny") for p in srv.payloads)
+    lls = {(r["task"], r["doc_id"]): r["lls"] for r in read_jsonl(tmp_path / "local" / "samples.jsonl")}
+    for r in read_jsonl(tmp_path / "served" / "samples.jsonl"):
+        assert np.allclose(r["lls"], lls[r["task"], r["doc_id"]], rtol=TOL, atol=0), r["task"]
+    assert served["columns"] == pytest.approx(local["columns"], abs=1e-4)
+    # a server that does not answer is one sentence, exit 2 (after lm-eval's progress bars, which stderr also holds)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        run(base + ["--output_dir", str(tmp_path / "dead"), "--gen_base_url", "http://127.0.0.1:9/v1", "--gen_model", "tiny"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("error: could not reach the server at http://127.0.0.1:9/v1")
