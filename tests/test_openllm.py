@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_chat_demo import glm_checkpoint  # noqa: F401  (a tiny ChatGLM3-format checkpoint, a module fixture)
 
 from longalign.scriptargs import run_main
 from tools import synthetic_general
@@ -291,3 +292,26 @@ def test_completions_server_gives_the_in_process_values(tiny_llama_dir, data_dir
     err = capsys.readouterr().err
     assert e.value.code == 2 and "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("error: could not reach the server at http://127.0.0.1:9/v1")
+
+
+def test_chatglm_checkpoint_in_process(glm_checkpoint, data_dir, tmp_path):  # noqa: F811
+    """A chatglm-format checkpoint (no remote code) runs through longalign.models.load_model inside lm-eval's HFLM:
+    each choice's log-likelihood equals one forward pass of the same model on [gMASK] sop + prompt + choice."""
+    import torch
+
+    from longalign.models import load_model
+    from longalign.tokenization import load_tokenizer
+
+    out = tmp_path / "glm"
+    summary = run(["--model_name_or_path", str(glm_checkpoint), "--output_dir", str(out), "--data_dir", str(data_dir),
+                   "--tasks", "truthfulqa", "--limit", "1"])
+    assert summary["computed"] == 4 and 0 <= summary["columns"]["truthfulqa"] <= 100
+    s, = read_jsonl(out / "samples.jsonl")
+    tok, model = load_tokenizer(str(glm_checkpoint)), load_model(str(glm_checkpoint), dtype=torch.float32).eval()
+    for choice, ll in zip(s["choices"], s["lls"], strict=True):
+        ctx, whole = tok(s["context"])["input_ids"], tok(s["context"] + choice)["input_ids"]
+        assert whole[:2] == tok.convert_tokens_to_ids(["[gMASK]", "sop"]) and whole[:len(ctx)] == ctx
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([whole])).logits[0].double(), dim=-1)  # (T, V)
+        mine = sum(float(logp[t - 1, whole[t]]) for t in range(len(ctx), len(whole)))
+        assert abs(mine - ll) <= TOL * abs(mine), (choice, mine, ll)
