@@ -15,7 +15,8 @@ the most likely choice, `acc_norm` the most likely per character of the choice (
 accuracies, as the leaderboard reported it (lm-eval's own `mmlu` group weights subjects by size instead).
 
 No chat template: the leaderboard scores the raw few-shot prompt ("Question: ...\nAnswer:"), so the prompt the
-model reads is exactly lm-eval's text, for base and chat models alike (--template does not apply here).
+model reads is exactly lm-eval's text, for base and chat models alike (--template does not apply here), and, as the
+leaderboard's harness encoded it, without the tokenizer's special tokens (no <s>; --add_special_tokens true adds them).
 
 The model is ours, in-process (longalign.models.load_model: chatglm-format checkpoints without remote code; bf16
 on a GPU, fp32 on a CPU) inside lm-eval's HFLM, batched; or an OpenAI-compatible completions server that returns
@@ -64,7 +65,8 @@ COLUMNS = {
     "mmlu": dict(task="mmlu_{subject}", shots=5, fewshot_split=None, metric="acc",  # dev, first_n: lm-eval's YAML
                  data="mmlu/{subject}", splits=("dev", "test"), fields=MMLU_FIELDS),
 }
-MODEL_SETTINGS = ("model_name_or_path", "tokenizer", "gen_base_url", "gen_model", "max_length")
+# what the log-likelihoods depend on besides the requests' text (the table's key)
+MODEL_SETTINGS = ("model_name_or_path", "tokenizer", "gen_base_url", "gen_model", "max_length", "add_special_tokens")
 
 
 @dataclass
@@ -86,6 +88,10 @@ class Args:
     batch_size: int = field(default=8, metadata={
         "help": "requests per forward pass in-process, prompts per request to --gen_base_url (results do not depend "
                 "on it beyond float rounding)"})
+    add_special_tokens: bool = field(default=False, metadata={
+        "help": "put the tokenizer's special tokens (a Llama <s>, ChatGLM3's [gMASK] sop) before each prompt. The "
+                "leaderboard did not (lm-eval's hf-causal-experimental model at its commit b281b09 encoded causal "
+                "models' text without them); true = lm-eval 0.4.13's HFLM default"})
     max_length: int | None = field(default=None, metadata={
         "help": "longest prompt + choice in tokens (lm-eval cuts longer ones on the left); default: the model's"})
     tokenizer: str | None = field(default=None, metadata={"help": "tokenizer folder if the model folder has none"})
@@ -210,7 +216,8 @@ def make_backend(args: Args):
         logging.getLogger("lm_eval.models.api_models").addFilter(lambda r: "Batch size > 1" not in r.getMessage())
         return LocalCompletionsAPI(base_url=args.gen_base_url.rstrip("/") + "/completions", model=args.gen_model,
                                    tokenizer_backend="huggingface", tokenizer=args.tokenizer or args.model_name_or_path,
-                                   num_concurrent=1, batch_size=args.batch_size, max_length=args.max_length or 2048)
+                                   num_concurrent=1, batch_size=args.batch_size, max_length=args.max_length or 2048,
+                                   add_bos_token=args.add_special_tokens)
     from lm_eval.models.huggingface import HFLM
 
     from longalign.generation import load_causal_lm
@@ -219,8 +226,9 @@ def make_backend(args: Args):
     tokenizer = load_tokenizer(args.tokenizer or args.model_name_or_path, trust_remote_code=args.trust_remote_code)
     model = load_causal_lm(args.model_name_or_path, args.trust_remote_code)
     print(f"model: {args.model_name_or_path} in-process ({next(model.parameters()).dtype}, {model.device}), "
-          f"batch size {args.batch_size}, no chat template")
-    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=args.batch_size, max_length=args.max_length)
+          f"batch size {args.batch_size}, no chat template, {'with' if args.add_special_tokens else 'no'} special tokens")
+    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=args.batch_size, max_length=args.max_length,
+                add_bos_token=args.add_special_tokens)
 
 
 def evaluate(args: Args, out: Path, todo: list, table: JsonlTable):

@@ -46,12 +46,12 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def brute_force_ll(model, tokenizer, context: str, choice: str) -> float:
-    """log p(choice | context): the context's tokens (with the tokenizer's own specials), then the choice's."""
+    """log p(choice | context): the context's tokens, then the choice's (no special tokens, as the leaderboard)."""
     import torch
 
-    ctx = tokenizer(context)["input_ids"]
+    ctx = tokenizer(context, add_special_tokens=False)["input_ids"]
     cont = tokenizer(choice, add_special_tokens=False)["input_ids"]
-    assert tokenizer(context + choice)["input_ids"] == ctx + cont  # the choice starts a token: no split to argue
+    assert tokenizer(context + choice, add_special_tokens=False)["input_ids"] == ctx + cont  # no split to argue
     with torch.no_grad():
         logits = model(torch.tensor([ctx + cont])).logits[0].double()  # (T, V)
     logp = torch.log_softmax(logits, dim=-1)
@@ -294,24 +294,28 @@ def test_completions_server_gives_the_in_process_values(tiny_llama_dir, data_dir
     assert err.strip().splitlines()[-1].startswith("error: could not reach the server at http://127.0.0.1:9/v1")
 
 
-def test_chatglm_checkpoint_in_process(glm_checkpoint, data_dir, tmp_path):  # noqa: F811
-    """A chatglm-format checkpoint (no remote code) runs through longalign.models.load_model inside lm-eval's HFLM:
-    each choice's log-likelihood equals one forward pass of the same model on [gMASK] sop + prompt + choice."""
+def test_chatglm_checkpoint_in_process_and_special_tokens(glm_checkpoint, data_dir, tmp_path):  # noqa: F811
+    """A chatglm-format checkpoint (no remote code) runs through longalign.models.load_model inside lm-eval's HFLM.
+    Each choice's log-likelihood equals one forward pass of the same model on prompt + choice: without the tokenizer's
+    special tokens by default (the leaderboard's harness), after ChatGLM3's [gMASK] sop with --add_special_tokens."""
     import torch
 
     from longalign.models import load_model
     from longalign.tokenization import load_tokenizer
 
-    out = tmp_path / "glm"
-    summary = run(["--model_name_or_path", str(glm_checkpoint), "--output_dir", str(out), "--data_dir", str(data_dir),
-                   "--tasks", "truthfulqa", "--limit", "1"])
-    assert summary["computed"] == 4 and 0 <= summary["columns"]["truthfulqa"] <= 100
-    s, = read_jsonl(out / "samples.jsonl")
     tok, model = load_tokenizer(str(glm_checkpoint)), load_model(str(glm_checkpoint), dtype=torch.float32).eval()
-    for choice, ll in zip(s["choices"], s["lls"], strict=True):
-        ctx, whole = tok(s["context"])["input_ids"], tok(s["context"] + choice)["input_ids"]
-        assert whole[:2] == tok.convert_tokens_to_ids(["[gMASK]", "sop"]) and whole[:len(ctx)] == ctx
-        with torch.no_grad():
-            logp = torch.log_softmax(model(torch.tensor([whole])).logits[0].double(), dim=-1)  # (T, V)
-        mine = sum(float(logp[t - 1, whole[t]]) for t in range(len(ctx), len(whole)))
-        assert abs(mine - ll) <= TOL * abs(mine), (choice, mine, ll)
+    specials = tok.convert_tokens_to_ids(["[gMASK]", "sop"])
+    for flag in ("false", "true"):
+        out = tmp_path / f"glm-{flag}"
+        summary = run(["--model_name_or_path", str(glm_checkpoint), "--output_dir", str(out), "--data_dir",
+                       str(data_dir), "--tasks", "truthfulqa", "--limit", "1", "--add_special_tokens", flag])
+        assert summary["computed"] == 4 and 0 <= summary["columns"]["truthfulqa"] <= 100
+        s, = read_jsonl(out / "samples.jsonl")
+        for choice, ll in zip(s["choices"], s["lls"], strict=True):
+            ctx = tok(s["context"], add_special_tokens=flag == "true")["input_ids"]
+            whole = tok(s["context"] + choice, add_special_tokens=flag == "true")["input_ids"]
+            assert (whole[:2] == specials) == (flag == "true") and whole[:len(ctx)] == ctx
+            with torch.no_grad():
+                logp = torch.log_softmax(model(torch.tensor([whole])).logits[0].double(), dim=-1)  # (T, V)
+            mine = sum(float(logp[t - 1, whole[t]]) for t in range(len(ctx), len(whole)))
+            assert abs(mine - ll) <= TOL * abs(mine), (flag, choice, mine, ll)
