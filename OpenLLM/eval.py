@@ -206,6 +206,8 @@ def make_backend(args: Args):
 
         from lm_eval.models.openai_completions import LocalCompletionsAPI
 
+        from longalign.models import model_config
+
         if find_spec("tenacity") is None:  # lm-eval's [api] extra; its client raises a traceback without it
             raise UserError("--gen_base_url needs the tenacity package (lm-eval's API client); pip install -r "
                             "requirements.txt")
@@ -214,9 +216,12 @@ def make_backend(args: Args):
         # take varied lengths, which OpenAI-compatible servers do): lm-eval's concurrent client would leave asyncio
         # tracebacks behind when the server is down
         logging.getLogger("lm_eval.models.api_models").addFilter(lambda r: "Batch size > 1" not in r.getMessage())
+        # the model's own length, as HFLM reads it in-process (lm-eval's client would cut 25-shot prompts at 2048)
+        config = model_config(args.model_name_or_path)
+        max_length = args.max_length or config.get("max_position_embeddings") or config.get("seq_length") or 2048
         return LocalCompletionsAPI(base_url=args.gen_base_url.rstrip("/") + "/completions", model=args.gen_model,
                                    tokenizer_backend="huggingface", tokenizer=args.tokenizer or args.model_name_or_path,
-                                   num_concurrent=1, batch_size=args.batch_size, max_length=args.max_length or 2048,
+                                   num_concurrent=1, batch_size=args.batch_size, max_length=max_length,
                                    add_bos_token=args.add_special_tokens)
     from lm_eval.models.huggingface import HFLM
 
