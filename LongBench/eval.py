@@ -126,18 +126,14 @@ class LazyGenerator:
         return getattr(self._gen, name)
 
 
-def _not_metadata_advice(record: logging.LogRecord) -> bool:
-    return "Custom kwargs can be passed" not in record.getMessage()
-
-
 def quiet_logs() -> None:
-    """lm-eval's INFO lines would bury the progress bar; with a local --data_dir (lm-eval's custom_dataset) it
-    also advises --metadata for every task, which our data source does not take; jieba announces its
-    dictionary; fuzzywuzzy its speed. Warnings that matter (e.g. --limit is for testing only) still show."""
+    """lm-eval's own (longalign.harness.quiet_lm_eval); jieba announces its dictionary; fuzzywuzzy its speed.
+    Warnings that matter (e.g. --limit is for testing only) still show."""
     import jieba
 
-    logging.getLogger("lm_eval").setLevel(logging.WARNING)
-    logging.getLogger("lm_eval.api.task").addFilter(_not_metadata_advice)
+    from longalign.harness import quiet_lm_eval
+
+    quiet_lm_eval()
     jieba.setLogLevel(logging.WARNING)
     # lm-eval's LongBench metrics import fuzzywuzzy for the code tasks (none of these groups uses it)
     warnings.filterwarnings("ignore", message="Using slow pure-python SequenceMatcher")

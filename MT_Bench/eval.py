@@ -46,7 +46,10 @@ from longalign.generation import GenerationArgs, Generator, JsonlTable, check_se
 from longalign.judge import JudgeArgs, api_key, judge, make_client
 from longalign.scriptargs import UserError, parse_args, run_main
 
-# lm-sys/FastChat at a pinned commit (main of 2025-04-12; the three files last changed on 2023-07-04, 7ad1d63).
+# lm-sys/FastChat at a pinned commit (main of 2025-04-12). Read from its history: question.jsonl and
+# reference_answer/gpt-4.jsonl were added in b494d0c (2023-06-16, "Release MT-bench code", #1722) and never changed;
+# judge_prompts.jsonl last changed in 7ad1d63 (2023-07-04), which edited only the four pairwise prompts' system
+# prompts: the single-answer prompts used here are those of b494d0c too.
 FASTCHAT_COMMIT = "0e6d3e4beaab66f4d3f93db72541a4abab8af28d"
 FASTCHAT_DATA_URL = f"https://raw.githubusercontent.com/lm-sys/FastChat/{FASTCHAT_COMMIT}/fastchat/llm_judge/data"
 # our name of each file -> (its path under FastChat's llm_judge/data, its sha256 at FASTCHAT_COMMIT)

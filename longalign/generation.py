@@ -180,13 +180,15 @@ class Generator:
         ids = torch.tensor([prompt_ids(messages, self.template, self.tokenizer)], device=self.model.device)  # (1, T)
         n = ids.shape[1]
         torch.manual_seed(self.seed)  # per call: a resumed run samples what an uninterrupted one would
-        sample = temperature > 0
+        # Sampling as FastChat's llm_judge samples: only do_sample and the temperature are passed, so the
+        # checkpoint's generation_config (its top_p, if any) and transformers' defaults (top_k = 50) filter the
+        # vocabulary. Greedy: the filters do not apply, and passing None keeps generate from warning about them.
+        sampling = {"temperature": temperature} if temperature > 0 else {"temperature": None, "top_p": None, "top_k": None}
         with torch.no_grad():
             out = self.model.generate(
-                input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=sample,
-                temperature=temperature if sample else None, top_p=None if sample else None,
-                top_k=None, pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
-                streamer=streamer)
+                input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                do_sample=temperature > 0, **sampling,
+                pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id, streamer=streamer)
         return {"text": self.tokenizer.decode(out[0, n:], skip_special_tokens=True).strip(), "prompt_tokens": n}
 
 

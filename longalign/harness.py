@@ -1,5 +1,6 @@
-"""LongBench (v1) through lm-evaluation-harness: our model behind lm-eval's `LM` interface, LongBench's own
-truncation, and LongBench's own data files served to lm-eval's own tasks.
+"""lm-evaluation-harness adapters: LongBench (v1) with our model behind lm-eval's `LM` interface, LongBench's own
+truncation and LongBench's own data files served to lm-eval's own tasks; and, for the general stage
+(OpenLLM/eval.py), a resumable log-likelihood cache in front of lm-eval's own model classes.
 
 lm-eval (0.4.13) owns the prompts (each task's `doc_to_text`), the answer lengths (`max_gen_toks`), the
 metrics (`process_results`: LongBench's qa_f1 / rouge, ported) and the group means. This module owns what
@@ -20,6 +21,10 @@ lm-eval would otherwise do differently from LongBench's pred.py:
     local_longbench      that data source: one of LongBench's own jsonl files (data.zip), whose question
                          field is `input`; lm-eval's prompts read `question` (its hub copy,
                          Xnhyacinth/LongBench, renamed it), so each doc gets question = input
+
+    local_splits         the general stage's data source: local JSONL files in each hub dataset's own fields
+    CachedLoglikelihoodLM  log-likelihoods from a resumable table, the missing ones from a backend LM that is
+                         only built when one is missing
 """
 
 import hashlib
@@ -56,6 +61,19 @@ def lm_eval_groups(names: tuple[str, ...] = ("single", "multi", "summarization")
     return out
 
 
+def _not_metadata_advice(record) -> bool:
+    return "Custom kwargs can be passed" not in record.getMessage()
+
+
+def quiet_lm_eval() -> None:
+    """lm-eval's INFO lines would bury the progress bar; with local data (lm-eval's custom_dataset) it also
+    advises --metadata for every task, which our data sources do not take."""
+    import logging
+
+    logging.getLogger("lm_eval").setLevel(logging.WARNING)
+    logging.getLogger("lm_eval.api.task").addFilter(_not_metadata_advice)
+
+
 def task_configs(folder: Path, tasks: list[str], groups: list[str], data_dir: Path | None) -> Path:
     """Write into `folder` one YAML per task and per group, each `include`-ing lm-eval's installed file as
     it is (prompt, answer length, metric, aggregation); with data_dir a task's data comes from
@@ -77,11 +95,9 @@ def task_configs(folder: Path, tasks: list[str], groups: list[str], data_dir: Pa
     return folder
 
 
-def local_longbench(data_file: str, **_task_metadata) -> dict:
-    """lm-eval's `custom_dataset`: {"test": Dataset} from one of LongBench's jsonl files, question = input.
-    A malformed line is a UserError naming the file and line."""
-    import datasets
-
+def read_cases(data_file: str | Path, fields: tuple[str, ...], fix: str) -> list[dict]:
+    """The objects of a local JSONL data file, each checked to hold `fields`; a malformed line or an empty file
+    is a UserError naming the file and line, then `fix`."""
     rows = []
     with open(data_file, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -90,15 +106,35 @@ def local_longbench(data_file: str, **_task_metadata) -> dict:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
-                raise UserError(f"{data_file} line {n} is not valid JSON; fix or re-extract LongBench's data.zip") from None
-            missing = [k for k in LONGBENCH_FIELDS if not isinstance(row, dict) or k not in row]
+                raise UserError(f"{data_file} line {n} is not valid JSON; {fix}") from None
+            missing = [k for k in fields if not isinstance(row, dict) or k not in row]
             if missing:
-                raise UserError(f"{data_file} line {n} lacks {', '.join(missing)}; LongBench lines have "
-                                f"{', '.join(LONGBENCH_FIELDS)} (and length, dataset, language, all_classes, _id)")
-            rows.append({**row, "question": row["input"]})
+                raise UserError(f"{data_file} line {n} lacks {', '.join(missing)}; its lines need "
+                                f"{', '.join(fields)} ({fix})")
+            rows.append(row)
     if not rows:
-        raise UserError(f"{data_file} holds no cases; put LongBench's file for this task there")
-    return {"test": datasets.Dataset.from_list(rows)}
+        raise UserError(f"{data_file} holds no cases; {fix}")
+    return rows
+
+
+def local_longbench(data_file: str, **_task_metadata) -> dict:
+    """lm-eval's `custom_dataset`: {"test": Dataset} from one of LongBench's jsonl files, question = input.
+    A malformed line is a UserError naming the file and line."""
+    import datasets
+
+    rows = read_cases(data_file, LONGBENCH_FIELDS, "LongBench lines also have length, dataset, language, "
+                      "all_classes, _id; fix the file or re-extract LongBench's data.zip")
+    return {"test": datasets.Dataset.from_list([{**row, "question": row["input"]} for row in rows])}
+
+
+def local_splits(folder: str, splits: list[str], fields: list[str], **_task_metadata) -> dict:
+    """lm-eval's `custom_dataset` for the general stage: {split: Dataset} from folder/<split>.jsonl, each line one
+    row of the hub dataset the task loads (its own field names, so the task's prompts and process_docs read
+    it unchanged); OpenLLM/eval.py says which splits and fields each task needs."""
+    import datasets
+
+    fix = "write the hub dataset's rows there (OpenLLM/README.md) or python -m tools.synthetic_general"
+    return {s: datasets.Dataset.from_list(read_cases(Path(folder) / f"{s}.jsonl", tuple(fields), fix)) for s in splits}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,3 +237,54 @@ class LongBenchLM(LM):
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
         raise NotImplementedError("LongBench's tasks only generate; this adapter has no loglikelihood_rolling")
+
+
+# ---------------------------------------------------------------------------------------------
+# Log-likelihoods (the general stage: ARC, HellaSwag, TruthfulQA, MMLU), resumable
+
+def loglikelihood_key(context: str, continuation: str) -> str:
+    """A request's key in the table: its exact text (context and continuation apart: where one ends matters)."""
+    return hashlib.sha256(json.dumps([context, continuation]).encode("utf-8")).hexdigest()[:32]
+
+
+class CachedLoglikelihoodLM(LM):
+    """lm-eval's LM for multiple-choice tasks: loglikelihood(requests) -> [(log p(continuation | context),
+    is greedy)], the values of a backend LM (lm-eval's HFLM over our model, or its completions-API client),
+    each written to a resumable JSONL table keyed by the request's text as soon as its chunk is done. Requests
+    already in the table are served from it, and the backend is only built (the model only loaded) when one
+    is missing: a re-run computes and loads nothing. `computed` and `cached` count this run's requests."""
+
+    CHUNK = 128  # requests per backend call: what a killed run can lose; the backend batches within a chunk
+
+    def __init__(self, make_backend, table):
+        super().__init__()
+        self.make_backend, self.backend, self.table = make_backend, None, table
+        self.computed = self.cached = 0
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False):
+        keys = [loglikelihood_key(*r.args) for r in requests]
+        todo = {}  # key -> its first request (choices shared by two prompts are computed once)
+        for r, k in zip(requests, keys, strict=True):
+            if k not in self.table:
+                todo.setdefault(k, r)
+        self.cached += len(requests) - len(todo)
+        print(f"log-likelihoods: {len(requests) - len(todo)} cached, {len(todo)} to compute -> {self.table.path}")
+        if todo:
+            self.backend = self.backend or self.make_backend()
+            items = list(todo.items())
+            with tqdm(total=len(items), desc="loglikelihood", disable=disable_tqdm) as bar:
+                for start in range(0, len(items), self.CHUNK):
+                    chunk = items[start:start + self.CHUNK]
+                    values = self.backend.loglikelihood([r for _, r in chunk], disable_tqdm=True)
+                    for (k, r), (ll, greedy) in zip(chunk, values, strict=True):
+                        self.table.append({"key": k, "task": r.task_name, "doc_id": r.doc_id, "ll": float(ll),
+                                           "greedy": bool(greedy)})
+                    self.computed += len(chunk)
+                    bar.update(len(chunk))
+        return [(self.table.rows[k]["ll"], self.table.rows[k]["greedy"]) for k in keys]
+
+    def generate_until(self, requests, disable_tqdm: bool = False):
+        raise NotImplementedError("the general stage's tasks are multiple choice; this adapter does not generate")
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        raise NotImplementedError("the general stage's tasks are multiple choice; no rolling log-likelihood here")

@@ -21,23 +21,19 @@ from dataclasses import dataclass, field
 
 from longalign.scriptargs import UserError
 
-# The last [[...]] wins; inside it we accept "7", "7.5" or "7/10" and nothing else.
+# The last [[...]] that holds a rating wins; a rating is "7", "7.", "7.5" or "7/10" within the scale. A judge that
+# rates and then quotes the format ("Rating: [[7]] ... in the format [[rating]]") is read as 7, as FastChat reads it.
 _RATING = re.compile(r"\[\[([^\[\]]*)\]\]")
-_NUMBER = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*10\s*)?$")
+_NUMBER = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*(?:/\s*10\s*)?$")
 
 
 def parse_score(reply: str | None, low: float = 1, high: float = 10) -> float | None:
-    """The rating in the last `[[...]]` of reply, or None if there is none or it is not in [low, high]."""
-    if not reply:
-        return None
-    found = _RATING.findall(reply)
-    if not found:
-        return None
-    m = _NUMBER.match(found[-1])
-    if not m:
-        return None
-    score = float(m.group(1))
-    return score if low <= score <= high else None
+    """The rating in the last `[[...]]` of reply that holds one in [low, high], or None if none does."""
+    for inside in reversed(_RATING.findall(reply or "")):
+        m = _NUMBER.match(inside)
+        if m and low <= float(m.group(1)) <= high:
+            return float(m.group(1))
+    return None
 
 
 def api_key(alternative: str = "") -> str:

@@ -1,9 +1,9 @@
 """The paper's evaluation table in one command: LongBench-Chat, LongBench's S-Doc QA / M-Doc QA / Summ,
-MT-Bench and the Needle test, one resumable run, one table.
+MT-Bench, the general tasks (ARC, HellaSwag, TruthfulQA, MMLU) and the Needle test, one resumable run, one table.
 
 Run as:
     OPENAI_API_KEY=... python scripts/eval_all.py --model_name_or_path THUDM/LongAlign-7B-64k \
-        --output_dir runs/eval/longalign-7b --lbc_data_dir data/longbench_chat [--only lbc,longbench,mt_bench,needle]
+        --output_dir runs/eval/longalign-7b --lbc_data_dir data/longbench_chat [--only lbc,longbench,mt_bench,general,needle]
     python scripts/eval_all.py --compare runs/eval/naive runs/eval/sort runs/eval/pack runs/eval/pack_loss
 
 Each stage is the benchmark's own script, run as a subprocess (or, --in_process, in this process) with the
@@ -14,6 +14,8 @@ re-running the same command after an interruption finishes the table:
     lbc        LongBench_Chat/eval.py                     mean GPT-4 rating 1-10, each answer judged twice
     longbench  LongBench/eval.py (lm-evaluation-harness)  S-Doc QA, M-Doc QA, Summ: LongBench's metrics, 0-100
     mt_bench   MT_Bench/eval.py                           mean GPT-4 rating 1-10 over turns 1 and 2, judged twice
+    general    OpenLLM/eval.py (lm-evaluation-harness)    ARC, HellaSwag, TruthfulQA, MMLU: the Open LLM Leaderboard
+                                                          (v1) settings, no chat template, 0-100
     needle     Needle_test/prompt.py, pred.py, eval.py    mean rating 1-10 over the length x depth grid
 
 Flags shared by the stages (--template, --gen_base_url, --judge_model, ...) are passed to each that has them;
@@ -42,37 +44,43 @@ from longalign.judge import api_key
 from longalign.scriptargs import UserError, comma_list, missing_path, parse_args, run_main
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("lbc", "longbench", "mt_bench", "needle")
+STAGES = ("lbc", "longbench", "mt_bench", "general", "needle")
 # The table's columns, in the paper's order (Tables 2-4), then the Needle test (Figure 4 draws it).
 COLUMNS = (("LongBench-Chat", "lbc"), ("S-Doc QA", "single"), ("M-Doc QA", "multi"), ("Summ", "summarization"),
-           ("MT-Bench", "mt_bench"), ("Needle", "needle"))
+           ("MT-Bench", "mt_bench"), ("ARC", "arc"), ("HellaSwag", "hellaswag"), ("TruthfulQA", "truthfulqa"),
+           ("MMLU", "mmlu"), ("Needle", "needle"))
+PAPER_COLUMNS = COLUMNS[:9]  # the paper prints nine; it draws the Needle test (Figure 4)
+PERCENT = ("single", "multi", "summarization", "arc", "hellaswag", "truthfulqa", "mmlu")  # 0-100, one decimal
 
 # The paper's published rows (arXiv 2401.18058): LongBench-Chat and MT-Bench are GPT-4 ratings 1-10 (twice,
-# averaged); S-Doc QA / M-Doc QA / Summ are GPT-4 ratings against LongBench's answers, normalised 0-100.
+# averaged); S-Doc QA / M-Doc QA / Summ are GPT-4 ratings against LongBench's answers, normalised 0-100; then
+# ARC, HellaSwag, TruthfulQA, MMLU (0-100, the Open LLM Leaderboard's settings). Those four short-task values could
+# not be read reliably from a source available to this project when the columns were added, so they stand as None
+# (printed "–") rather than as numbers from memory: fill them in from the paper's Tables 2-4.
 # The released chat models: LongAlign-6B-64k = ChatGLM3-6B-64k, packing + loss weighting; LongAlign-7B-64k and
 # -13B-64k = Llama-2-7B/13B-64k, sorted batching; all on LongAlign-10k + ShareGPT (paper, appendix).
 PAPER = {
     "Table 2 (ChatGLM3-6B-64k, long data)": {
-        "LongAlign-0k": (3.73, 58.7, 41.1, 38.4, 5.34),
-        "LongAlign-5k": (5.97, 61.8, 42.1, 42.0, 5.51),
-        "LongAlign-10k": (6.21, 64.0, 44.4, 44.2, 5.5),
-        "LongAlpaca-12k": (4.46, 65.8, 45.6, 44.1, 4.93),
+        "LongAlign-0k": (3.73, 58.7, 41.1, 38.4, 5.34, None, None, None, None),
+        "LongAlign-5k": (5.97, 61.8, 42.1, 42.0, 5.51, None, None, None, None),
+        "LongAlign-10k": (6.21, 64.0, 44.4, 44.2, 5.5, None, None, None, None),
+        "LongAlpaca-12k": (4.46, 65.8, 45.6, 44.1, 4.93, None, None, None, None),
     },
     "Table 3 (ChatGLM3-6B-64k, training method)": {
-        "naive": (5.87, 65.4, 45.0, 44.8, 5.61),
-        "sort": (5.4, 66.2, 46.3, 43.7, 5.76),
-        "pack": (5.76, 65.0, 45.1, 42.8, 5.64),
-        "pack + loss weighting": (6.21, 64.0, 44.4, 44.2, 5.5),
+        "naive": (5.87, 65.4, 45.0, 44.8, 5.61, None, None, None, None),
+        "sort": (5.4, 66.2, 46.3, 43.7, 5.76, None, None, None, None),
+        "pack": (5.76, 65.0, 45.1, 42.8, 5.64, None, None, None, None),
+        "pack + loss weighting": (6.21, 64.0, 44.4, 44.2, 5.5, None, None, None, None),
     },
     "Table 3 (Llama-2-7B-64k, training method)": {
-        "naive": (5.95, 62.8, 42.7, 41.6, 5.52),
-        "sort": (6.38, 63.4, 42.2, 41.3, 5.51),
-        "pack": (5.89, 61.7, 40.4, 42.0, 5.58),
-        "pack + loss weighting": (6.10, 60.8, 41.3, 43.1, 5.60),
+        "naive": (5.95, 62.8, 42.7, 41.6, 5.52, None, None, None, None),
+        "sort": (6.38, 63.4, 42.2, 41.3, 5.51, None, None, None, None),
+        "pack": (5.89, 61.7, 40.4, 42.0, 5.58, None, None, None, None),
+        "pack + loss weighting": (6.10, 60.8, 41.3, 43.1, 5.60, None, None, None, None),
     },
     "Table 4 (Llama-2-13B-64k)": {
-        "pack + loss weighting": (6.79, 68.0, 40.3, 43.6, 6.12),
-        "sort": (7.02, 66.1, 43.9, 45.3, 6.02),
+        "pack + loss weighting": (6.79, 68.0, 40.3, 43.6, 6.12, None, None, None, None),
+        "sort": (7.02, 66.1, 43.9, 45.3, 6.02, None, None, None, None),
     },
 }
 # released model -> (table, row)
@@ -113,6 +121,9 @@ class Args:
         "help": "a local copy of LongBench's jsonl files (default: lm-evaluation-harness loads them from the hub)"})
     mt_bench_dir: str | None = field(default=None, metadata={
         "help": "a local copy of MT-Bench's question.jsonl and judge_prompts.jsonl (default: downloaded, MT_Bench/README.md)"})
+    general_data_dir: str | None = field(default=None, metadata={
+        "help": "local files of ARC, HellaSwag, TruthfulQA and MMLU in their hub datasets' fields (OpenLLM/README.md; "
+                "default: lm-evaluation-harness loads them from the hub)"})
     haystack_dir: str | None = field(default=None, metadata={
         "help": "the Needle test's haystack, a folder of .txt files (the paper: Paul Graham's essays; default: "
                 "the built-in synthetic haystack)"})
@@ -120,6 +131,8 @@ class Args:
     lbc_args: str = field(default="", metadata={"help": 'more flags for LongBench_Chat/eval.py, e.g. "--judge_runs 1"'})
     longbench_args: str = field(default="", metadata={"help": 'more flags for LongBench/eval.py, e.g. "--limit 20"'})
     mt_bench_args: str = field(default="", metadata={"help": 'more flags for MT_Bench/eval.py, e.g. "--limit 10"'})
+    general_args: str = field(default="", metadata={
+        "help": 'more flags for OpenLLM/eval.py, e.g. "--limit 50 --mmlu_subjects anatomy,virology"'})
     needle_prompt_args: str = field(default="", metadata={"help": 'more flags for Needle_test/prompt.py, e.g. "--context_lengths 1000,8000"'})
     needle_pred_args: str = field(default="", metadata={"help": "more flags for Needle_test/pred.py"})
     needle_eval_args: str = field(default="", metadata={"help": 'more flags for Needle_test/eval.py, e.g. "--scorer match"'})
@@ -162,6 +175,12 @@ def stage_commands(args: Args, out: Path) -> dict[str, list[list[str]]]:
         "mt_bench": [["MT_Bench/eval.py", *model, "--output_dir", str(out / "mt_bench"),
                       *opt("--mt_bench_dir", args.mt_bench_dir), *gen, *judge, *conc,
                       "--judge_runs", "2", *shlex.split(args.mt_bench_args)]],  # the paper judged MT-Bench twice
+        # no --template: the leaderboard scores raw few-shot prompts
+        "general": [["OpenLLM/eval.py", *model, "--output_dir", str(out / "general"),
+                     *opt("--data_dir", args.general_data_dir), *opt("--tokenizer", args.tokenizer),
+                     *opt("--gen_base_url", args.gen_base_url), *opt("--gen_model", args.gen_model),
+                     *(["--trust_remote_code", "true"] if args.trust_remote_code else []),
+                     *shlex.split(args.general_args)]],
         "needle": [
             ["Needle_test/prompt.py", "--tokenizer", args.tokenizer or args.model_name_or_path,
              *opt("--haystack_dir", args.haystack_dir), "--output_dir", str(needle / "prompts"),
@@ -177,8 +196,8 @@ def stage_commands(args: Args, out: Path) -> dict[str, list[list[str]]]:
 def needs_judge(stage: str, commands: list[list[str]]) -> bool:
     """Whether the stage asks an LLM judge (then OPENAI_API_KEY must be set before anything runs)."""
     flat = [x for cmd in commands for x in cmd]
-    if stage == "longbench":
-        return False  # LongBench's metrics are computed, not judged
+    if stage in ("longbench", "general"):
+        return False  # LongBench's metrics and the general tasks' accuracies are computed, not judged
     if stage == "needle":
         return "match" not in [flat[i + 1] for i, x in enumerate(flat[:-1]) if x == "--scorer"]
     return "false" not in [flat[i + 1].lower() for i, x in enumerate(flat[:-1]) if x == "--do_judge"]
@@ -190,15 +209,17 @@ def read_scores(out: Path) -> dict:
         p = out / path
         return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else None
 
-    lbc, lb, mt, needle = (load(p) for p in ("lbc/scores.json", "longbench/scores.json", "mt_bench/scores.json",
-                                             "needle/summary.json"))
-    groups = (lb or {}).get("groups", {})
+    lbc, lb, mt, general, needle = (load(p) for p in ("lbc/scores.json", "longbench/scores.json", "mt_bench/scores.json",
+                                                      "general/scores.json", "needle/summary.json"))
+    groups, short = (lb or {}).get("groups", {}), (general or {}).get("columns", {})
     return {"lbc": (lbc or {}).get("mean"), "single": groups.get("single"), "multi": groups.get("multi"),
             "summarization": groups.get("summarization"), "mt_bench": (mt or {}).get("mean"),
+            **{key: short.get(key) for key in ("arc", "hellaswag", "truthfulqa", "mmlu")},
             "needle": (needle or {}).get("mean"),
             "details": {"lbc": _pick(lbc, "num_scored", "num_failed", "judge_model", "per_language"),
                         "longbench": _pick(lb, "tasks", "num_docs"),
                         "mt_bench": _pick(mt, "turn_1", "turn_2", "per_category", "num_scored", "num_failed", "judge_model"),
+                        "general": _pick(general, "mmlu_subjects", "num_fewshot", "num_docs"),
                         "needle": _pick(needle, "num_scored", "num_failed", "per_length")
                         | ({"judge_model": _needle_judge(needle["settings"])} if needle and "settings" in needle else {})}}
 
@@ -221,17 +242,17 @@ def cell(x, digits: int = 2) -> str:
 
 
 def row_cells(scores: dict) -> list[str]:
-    """The six cells: 1-10 ratings with 2 decimals, LongBench's 0-100 scores with 1, as the paper prints them."""
-    return [cell(scores.get(key), 1 if key in ("single", "multi", "summarization") else 2) for _, key in COLUMNS]
+    """The ten cells: 1-10 ratings with 2 decimals, 0-100 scores with 1, as the paper prints them."""
+    return [cell(scores.get(key), 1 if key in PERCENT else 2) for _, key in COLUMNS]
 
 
 def paper_cells(values: tuple) -> list[str]:
-    """A paper row's five numbers as cells (the same digits as ours), and no Needle number (the paper draws it)."""
-    return row_cells(dict(zip([key for _, key in COLUMNS[:5]], values, strict=True)))
+    """A paper row's nine numbers as cells (the same digits as ours), and no Needle number (the paper draws it)."""
+    return row_cells(dict(zip([key for _, key in PAPER_COLUMNS], values, strict=True)))
 
 
 def paper_row(model: str) -> tuple[str, tuple] | None:
-    """(citation, the paper's five numbers) when the model is one of the released LongAlign chat models."""
+    """(citation, the paper's nine numbers) when the model is one of the released LongAlign chat models."""
     name = Path(model.rstrip("/")).name.lower()
     if name not in RELEASED:
         return None
@@ -254,7 +275,10 @@ def results_markdown(name: str, model: str, scores: dict, judges: str) -> str:
     return (f"# Evaluation of {model}\n\n{markdown_table(rows)}\n\n"
             "LongBench-Chat, MT-Bench and Needle: mean rating 1-10. S-Doc QA, M-Doc QA, Summ: LongBench's metrics "
             "(QA F1, ROUGE-L), 0-100, through lm-evaluation-harness. The paper's LongBench columns are GPT-4 ratings "
-            "against the same answers normalised to 0-100, so they do not compare number for number.\n\n"
+            "against the same answers normalised to 0-100, so they do not compare number for number. ARC (25-shot "
+            "acc_norm), HellaSwag (10-shot acc_norm), TruthfulQA (0-shot mc2), MMLU (5-shot acc, mean over its "
+            "subjects): the Open LLM Leaderboard's settings through lm-evaluation-harness, raw prompts without a chat "
+            "template, 0-100.\n\n"
             f"Judges: {judges}\n")
 
 
@@ -274,7 +298,8 @@ def compare(dirs: list[str]) -> str:
              for table, table_rows in PAPER.items() if table.startswith("Table 3") for row, values in table_rows.items()]
     seconds = "\n".join(["| seconds, last run | " + " | ".join(STAGES) + " |", "|" + "---|" * (len(STAGES) + 1), *times])
     return (markdown_table(rows) + "\n\n" + seconds + "\n\nThe paper's Table 3 (GPT-4 judge; its LongBench columns "
-            "are GPT-4 ratings, not LongBench's metrics):\n\n" + markdown_table(paper))
+            "are GPT-4 ratings, not LongBench's metrics; a – is a value not recorded in this repository):\n\n"
+            + markdown_table(paper))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -348,7 +373,7 @@ def main(argv=None):
     judges = judges or "none recorded"
     paper = paper_row(args.model_name_or_path)
     results |= {"scores": {key: scores[key] for _, key in COLUMNS}, "details": scores["details"],
-                "paper": paper and {"source": paper[0], "row": dict(zip([c for c, _ in COLUMNS[:5]], paper[1], strict=True))}}
+                "paper": paper and {"source": paper[0], "row": dict(zip([c for c, _ in PAPER_COLUMNS], paper[1], strict=True))}}
     results_path.write_text(json.dumps(results, indent=1, ensure_ascii=False))
     md = results_markdown(results["name"], args.model_name_or_path, scores, judges)
     (out / "results.md").write_text(md, encoding="utf-8")

@@ -28,8 +28,13 @@ def test_parse_score_takes_the_last_rating():
     assert parse_score("Rating: [[7.5]]") == 7.5
     assert parse_score("[[ 9/10 ]]") == 9
     assert parse_score("[[8]] ... on reflection [[3]]") == 3
-    # unusable: none, not a number, out of the 1-10 scale, last one unusable even if an earlier one is fine
-    for reply in (None, "", "no rating", "[[rating]]", "[[0]]", "[[11]]", "[[6]] then [[n/a]]"):
+    # the last [[...]] that HOLDS a rating (FastChat reads these two as 7 too): a quoted format after the rating,
+    # and a trailing dot
+    assert parse_score("Rating: [[7]]. I gave it in the format [[rating]].") == 7
+    assert parse_score("Rating: [[7.]]") == 7
+    assert parse_score("[[6]] then [[n/a]]") == 6 and parse_score("[[8]] or was it [[11]]") == 8
+    # unusable: none, not a number, out of the 1-10 scale
+    for reply in (None, "", "no rating", "[[rating]]", "[[0]]", "[[11]]", "[[.5]]", "[[7..]]", "[7]"):
         assert parse_score(reply) is None, reply
 
 

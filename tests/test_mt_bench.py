@@ -281,3 +281,48 @@ def test_user_errors(data_dir, tmp_path, monkeypatch, capsys):
     _fails_with(capsys, argv, "has no reference answer for question 83 (reasoning)")
     shutil.rmtree(data_dir / "reference_answer")
     _fails_with(capsys, argv, "has no reference_answer/gpt-4.jsonl")
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling as FastChat samples
+
+def sampled_ranks(model, prompt_ids, out) -> list[int]:
+    """For each generated token, how many vocabulary entries the model found more likely at that step."""
+    import torch
+
+    with torch.no_grad():
+        logits = model(out).logits[0]  # (T, V)
+    n = prompt_ids.shape[1]
+    return [int((logits[t - 1] > logits[t - 1, out[0, t]]).sum()) for t in range(n, out.shape[1])]
+
+
+def test_sampling_keeps_the_default_top_k_as_fastchat_does(tiny_llama_dir, monkeypatch):
+    """FastChat's llm_judge calls generate with do_sample and the temperature only, so transformers' default
+    top_k = 50 (and the checkpoint's top_p) filter the vocabulary; writing and roleplay answers (temperature 0.7)
+    must not be sampled from all of it. Every token sampled here is among the model's 50 most likely at its step;
+    the negative control (top_k=None, the filter off) samples outside them."""
+    import torch
+
+    from longalign.generation import Generator
+
+    gen = Generator(str(tiny_llama_dir), template="none", max_new_tokens=48, temperature=0.7)
+    calls = []
+    real = gen.model.generate
+
+    def spy(**kwargs):
+        calls.append((kwargs, real(**kwargs)))
+        return calls[-1][1]
+
+    monkeypatch.setattr(gen.model, "generate", spy)
+    gen.generate([{"role": "user", "content": "Write a short poem about the harbor"}], temperature=1.0)
+    (kwargs, out), = calls
+    assert kwargs["do_sample"] is True and kwargs["temperature"] == 1.0 and "top_k" not in kwargs and "top_p" not in kwargs
+    ranks = sampled_ranks(gen.model, kwargs["input_ids"], out)
+    assert len(ranks) >= 20 and max(ranks) < 50, ranks
+    # negative control: the filter off (what generation.py passed before) samples from the whole vocabulary
+    torch.manual_seed(gen.seed)
+    loose = real(**kwargs | {"top_k": None, "top_p": None})
+    assert max(sampled_ranks(gen.model, kwargs["input_ids"], loose)) >= 50
+    # greedy: no sampling, the filters switched off explicitly (generate would warn about them otherwise)
+    gen.generate([{"role": "user", "content": "hi"}], temperature=0.0)
+    assert calls[-1][0]["do_sample"] is False and calls[-1][0]["top_k"] is None
