@@ -153,7 +153,7 @@ def evaluate(args: Args, out: Path, tasks: list[str], full_groups: list[str], gr
     names = [f"longbench_{g}" for g in full_groups] + [f"longbench_{t}" for t in tasks if t not in grouped]
     quiet_logs()
     lm = LongBenchLM(LazyGenerator(args), args.max_length, table, args.max_new_tokens_cap,
-                     args.concurrency if args.gen_base_url else 1)
+                     args.concurrency if args.gen_base_url else 1, 1 if args.gen_base_url else args.batch_size)
     try:
         results = lm_eval.simple_evaluate(
             model=lm, tasks=names, task_manager=TaskManager(include_path=str(folder), include_defaults=False),

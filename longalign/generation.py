@@ -191,7 +191,6 @@ class Generator:
                 pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id, streamer=streamer)
         return {"text": self.tokenizer.decode(out[0, n:], skip_special_tokens=True).strip(), "prompt_tokens": n}
 
-
     def generate_batch(self, conversations: list[list[dict]], max_new_tokens: int | None = None,
                        temperature: float | None = None) -> list[dict]:
         """generate() for several conversations, in their order. In-process greedy decoding runs them as ONE

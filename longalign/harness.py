@@ -188,19 +188,19 @@ class LongBenchLM(LM):
     `cached` count the answers made and served, `truncated` the prompts that were cut."""
 
     def __init__(self, generator, max_length: int, table, max_new_tokens_cap: int | None = None,
-                 concurrency: int = 1):
+                 concurrency: int = 1, batch_size: int = 1):
         super().__init__()
         self.gen, self.max_length, self.table = generator, max_length, table
-        self.cap, self.concurrency = max_new_tokens_cap, concurrency
+        self.cap, self.concurrency, self.batch_size = max_new_tokens_cap, concurrency, batch_size
         self.generated = self.cached = self.truncated = 0
 
     @staticmethod
     def key(task: str, doc_id: int, context: str) -> tuple:
         return task, doc_id, prompt_sha(context)
 
-    def answer(self, request) -> dict:
-        """One request -> its row for the table (truncate, chat format, greedy)."""
-        from lm_eval.models.utils import normalize_gen_kwargs, postprocess_generated_text
+    def prepare(self, request) -> tuple[int, list, str, int, bool]:
+        """One request -> (answer length, stop strings, the cut prompt, its tokens before the cut, whether cut)."""
+        from lm_eval.models.utils import normalize_gen_kwargs
 
         context, gen_kwargs = request.args
         # greedy whatever the YAML says (LongBench decodes greedily; lm-eval's YAMLs say do_sample: False),
@@ -210,12 +210,21 @@ class LongBenchLM(LM):
         tokenizer = self.gen.tokenizer
         text, n_tokens, truncated = truncate_longbench(context, tokenizer, self.max_length,
                                                        counts_special_tokens(tokenizer))
-        out = self.gen.generate([{"role": "user", "content": text}], max_new_tokens=max_new, temperature=0.0)
-        prediction = postprocess_generated_text(out["text"], kwargs["until"], None)
-        return {"task": request.task_name, "doc_id": request.doc_id, "prompt_sha": prompt_sha(context),
-                "_id": request.doc.get("_id"), "prediction": prediction, "input_tokens": n_tokens,
-                "truncated": truncated, "prompt_tokens": out["prompt_tokens"], "max_new_tokens": max_new,
-                "template": self.gen.template}
+        return max_new, kwargs["until"], text, n_tokens, truncated
+
+    def answer(self, batch: list) -> list[dict]:
+        """Requests of one answer length -> their rows for the table (truncate, chat format, greedy; in-process
+        one padded batch, Generator.generate_batch)."""
+        from lm_eval.models.utils import postprocess_generated_text
+
+        prepared = [self.prepare(r) for r in batch]
+        outs = self.gen.generate_batch([[{"role": "user", "content": text}] for _, _, text, _, _ in prepared],
+                                       max_new_tokens=prepared[0][0], temperature=0.0)
+        return [{"task": r.task_name, "doc_id": r.doc_id, "prompt_sha": prompt_sha(r.args[0]), "_id": r.doc.get("_id"),
+                 "prediction": postprocess_generated_text(out["text"], until, None), "input_tokens": n_tokens,
+                 "truncated": truncated, "prompt_tokens": out["prompt_tokens"], "max_new_tokens": max_new,
+                 "template": self.gen.template}
+                for r, (max_new, until, _, n_tokens, truncated), out in zip(batch, prepared, outs, strict=True)]
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         keys = [self.key(r.task_name, r.doc_id, r.args[0]) for r in requests]
@@ -223,11 +232,20 @@ class LongBenchLM(LM):
         self.cached += len(requests) - len(todo)
         print(f"predictions: {len(requests) - len(todo)} cached, {len(todo)} to generate -> {self.table.path}")
         if todo:
-            # in-process generation is one prompt at a time; a server takes `concurrency` requests at once
-            with ThreadPoolExecutor(self.concurrency) as pool:
-                for row in tqdm(pool.map(self.answer, todo), total=len(todo), desc="generate", disable=disable_tqdm):
-                    self.table.append(row)
-                    self.generated += 1
+            # in-process: batch_size requests of one answer length at a time; a server takes `concurrency`
+            # requests at once
+            by_length: dict[int, list] = {}
+            for r in todo:
+                by_length.setdefault(self.prepare(r)[0], []).append(r)
+            batches = [same[i:i + self.batch_size] for same in by_length.values()
+                       for i in range(0, len(same), self.batch_size)]
+            with ThreadPoolExecutor(self.concurrency) as pool, \
+                    tqdm(total=len(todo), desc="generate", disable=disable_tqdm) as bar:
+                for rows in pool.map(self.answer, batches):
+                    for row in rows:
+                        self.table.append(row)
+                    self.generated += len(rows)
+                    bar.update(len(rows))
         rows = [self.table.rows[k] for k in keys]
         self.truncated += sum(r["truncated"] for r in rows)
         return [r["prediction"] for r in rows]

@@ -129,6 +129,9 @@ class Recorder:
         self.calls.append((messages, max_new_tokens, temperature))
         return {"text": "an answer", "prompt_tokens": None}
 
+    def generate_batch(self, conversations, max_new_tokens=None, temperature=None):
+        return [self.generate(m, max_new_tokens, temperature) for m in conversations]
+
 
 def request(context: str, task="longbench_narrativeqa", doc_id=0, max_gen_toks=128):
     from lm_eval.api.instance import Instance
@@ -166,6 +169,26 @@ def test_truncation_keeps_head_and_tail_through_the_adapter(tokenizer, tmp_path)
     assert rec.calls[-1][0][0]["content"] == "HEADSTART short TAILEND"
     lm.generate_until([request(context)])
     assert len(rec.calls) == 2 and lm.generated == 2 and lm.cached == 1
+
+
+def test_batches_hold_one_answer_length_and_keep_the_order(tokenizer, tmp_path):
+    """--batch_size 2: requests are batched by their task's answer length (one generate() length per batch), and
+    every answer goes back to its own request."""
+    from longalign.generation import JsonlTable
+    from longalign.harness import LongBenchLM
+
+    class Batches(Recorder):
+        def generate_batch(self, conversations, max_new_tokens=None, temperature=None):
+            self.calls.append((len(conversations), max_new_tokens))
+            return [{"text": f"answer to {m[0]['content']}", "prompt_tokens": None} for m in conversations]
+
+    table = JsonlTable(tmp_path / "p.jsonl", key=lambda r: (r["task"], r["doc_id"], r["prompt_sha"]))
+    rec = Batches(tokenizer)
+    lm = LongBenchLM(rec, max_length=100, table=table, batch_size=2)
+    lengths = [32, 128, 32, 128, 32]
+    requests = [request(f"doc {i}", doc_id=i, max_gen_toks=n) for i, n in enumerate(lengths)]
+    assert lm.generate_until(requests) == [f"answer to doc {i}" for i in range(5)]
+    assert sorted(rec.calls) == [(1, 32), (2, 32), (2, 128)]
 
 
 def test_special_tokens_are_counted_as_longbench_counts_them(tmp_path):
