@@ -335,14 +335,16 @@ def main(argv=None) -> dict:
 
 
 def run(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> dict:
-    from longalign.models import load_model, model_config
+    from longalign.models import load_model, model_config, refusal
     from longalign.store import TokenizedStore
 
     # 1. inputs: the model's config, the store, the plan, the schedule (errors before anything is written or loaded)
     if args.remove_unused_columns:
         raise UserError("--remove_unused_columns true would drop the batches' loss_weights and cu_seqlens, which "
                         "the model takes: leave it false")
-    model_config(model_args.model_name_or_path)
+    config_dict = model_config(model_args.model_name_or_path)
+    if (why := refusal(config_dict)) is not None:  # every batch carries loss weights; a stock model ignores them
+        raise UserError(f"{model_args.model_name_or_path}: {why}")
     if not (Path(data_args.train_dir) / "meta.json").is_file():
         raise UserError(f"--train_dir {data_args.train_dir} has no meta.json: run pre_tokenize.py "
                         f"--output_dir {data_args.train_dir} first")
