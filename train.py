@@ -12,7 +12,8 @@ the generic defaults that are traps here changed (LongAlignTrainingArguments): -
 --logging_steps 1, --remove_unused_columns false. scripts/train_*.sh hold the paper's rows.
 
 Inputs:
-    --model_name_or_path  a Llama-family or ChatGLM checkpoint (longalign.models.load_model picks the file)
+    --model_name_or_path  a decoder-only causal LM (longalign.models.load_model: our model files for the Llama family
+                          and ChatGLM, longalign/any_model.py for the others; docs/models.md lists what works)
     --train_dir           a folder from pre_tokenize.py (meta.json + store) and, for sort/pack,
                           sort_and_group.py --group_size K (K = world size / N x per-device batch)
 Outputs (in --output_dir):
@@ -335,6 +336,7 @@ def main(argv=None) -> dict:
 
 
 def run(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> dict:
+    from longalign import any_model
     from longalign.models import load_model, model_config, refusal
     from longalign.store import TokenizedStore
 
@@ -374,6 +376,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: TrainingArgu
         load_kwargs["attn_implementation"] = model_args.attn_implementation
     model = load_model(model_args.model_name_or_path, **load_kwargs)
     model.accepts_loss_kwargs = False  # no num_items_in_batch: the loss weights already normalise the step
+    if isinstance(model, any_model.PackedCausalLM) and (why := any_model.unsupported(model)) is not None:
+        raise UserError(f"{model_args.model_name_or_path}: {why}")  # before the first step, not inside it
     if store.meta.get("vocab_size", 0) > model.config.vocab_size:
         raise UserError(f"{data_args.train_dir} was tokenized with a vocabulary of {store.meta['vocab_size']} "
                         f"but {model_args.model_name_or_path} has {model.config.vocab_size}: re-run "

@@ -2,6 +2,8 @@
 
     chatglm                 -> modeling_chatglm.ChatGLMForConditionalGeneration (no remote code)
     llama, mistral, qwen2   -> modeling_llama.LlamaForCausalLM (packed attention + loss weights)
+    any other decoder-only  -> the family's own transformers class with our forward (longalign/any_model.py:
+                               cu_seqlens + loss weights through transformers' attention interface)
     anything else           -> transformers.AutoModelForCausalLM, which REFUSES cu_seqlens and loss_weights:
                                a stock model takes **kwargs and would silently ignore both (attention across
                                the sequences of a pack, a token-mean loss); `refusal` says so in one sentence
@@ -13,8 +15,11 @@ config.json, so scripts check a model argument before they write or load anythin
 
 from pathlib import Path
 
+import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedConfig
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+from longalign import any_model
 from longalign.scriptargs import UserError, missing_path
 
 LLAMA_FAMILY = ("llama", "mistral", "qwen2")
@@ -47,9 +52,22 @@ def refusal(config_dict: dict) -> str | None:
     model_type = config_dict.get("model_type")
     if model_type == "chatglm" or model_type in LLAMA_FAMILY:
         return None
-    return (f"{model_type} models cannot take packing (cu_seqlens) or loss weights here: transformers' own class "
-            f"would silently ignore both (attention across packed sequences, a token-mean loss); train a "
-            f"{'/'.join(LLAMA_FAMILY)} or chatglm checkpoint instead")
+    cls = causal_lm_class(model_type)
+    why = "transformers has no causal-LM class for it" if cls is None else any_model.why_not(cls)
+    other_layers = sorted(set(config_dict.get("layer_types") or ()) - {"full_attention", "sliding_attention"})
+    if why is None and other_layers:  # e.g. linear attention or state-space layers: they mix tokens across a pack
+        why = f"its {'/'.join(other_layers)} layers mix tokens outside attention"
+    if why is None:
+        return None
+    return (f"{model_type} models cannot take packing (cu_seqlens) or loss weights here ({why}), and transformers' "
+            f"own class would silently ignore both (attention across packed sequences, a token-mean loss): train "
+            f"a family of docs/models.md's support table instead")
+
+
+def causal_lm_class(model_type: str):
+    """transformers' causal-LM class for a model_type (no weights read), or None."""
+    name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
+    return getattr(transformers, name, None) if isinstance(name, str) else None
 
 
 def _refuse_packing_and_weights(model, sentence: str) -> None:
@@ -76,6 +94,9 @@ def load_model(path_or_id, **from_pretrained_kwargs):
 
         config = AutoConfig.from_pretrained(path_or_id)  # Mistral/Qwen2 keep their own config class
         return LlamaForCausalLM.from_pretrained(path_or_id, config=config, **from_pretrained_kwargs)
+    if (sentence := refusal(config_dict)) is None:  # the family's own class, our forward (longalign/any_model.py)
+        cls = any_model.wrap(causal_lm_class(model_type))
+        return cls.from_pretrained(path_or_id, **{**from_pretrained_kwargs, "attn_implementation": any_model.NAME})
     model = AutoModelForCausalLM.from_pretrained(path_or_id, **from_pretrained_kwargs)
-    _refuse_packing_and_weights(model, refusal(config_dict))
+    _refuse_packing_and_weights(model, sentence)
     return model

@@ -1,0 +1,227 @@
+"""Our forward contract for any transformers decoder-only causal LM, through transformers' own extension points.
+
+The model files at the root are the paper's (Llama family, ChatGLM). Every other family (Qwen3, Gemma-3, Phi-3,
+OLMo-2, SmolLM3, GLM-4, Granite, Cohere2, ...) keeps transformers' own modeling code, and gets what train.py
+needs without a line of it copied:
+
+    model(input_ids (1, T), cu_seqlens=cu, labels=labels, loss_weights=w) -> loss = sum_t w_t CE_t, logits None
+
+  1. attention: the model is loaded with attn_implementation="longalign" (AttentionInterface.register). In a
+     packed forward every attention call gets the row's Layout as the `longalign_layout` kwarg (transformers hands
+     extra forward kwargs down to it unchanged) and runs longalign/attention.py's packed backends: block-diagonal,
+     positions restarting per sequence, honouring the family's `scaling`, `sliding_window` and `softcap`.
+     Anything else (generate(), padded rows) goes to transformers' own sdpa (eager for softcapping families).
+  2. masks: "longalign" in AttentionMaskInterface builds transformers' own mask for those other forwards, and
+     none in a packed one (no (T, T) mask: the cost grows with sum(l_i^2) on SDPA, O(T) with a kernel).
+  3. the loss: get_decoder() gives the final hidden states (after the last norm), the output layer
+     (get_output_embeddings(), swapped for an `OutputLayer` that is the same Linear for every stock call) computes
+     longalign/loss.py's fused output layer + weighted cross-entropy: no (T, V) fp32 logits. The family's
+     final-logit processing is reproduced where it is linear (Cohere logit_scale, Granite logits_scaling: the
+     hidden states are scaled instead) and refused where it is not (Gemma-2 final_logit_softcapping).
+
+The wrapped class is a subclass of the family's own class with the SAME name, so save_pretrained writes the
+family's config.json and state dict (architectures: ["Qwen3ForCausalLM"]) and stock transformers loads it back.
+Anything the packed path cannot honour raises ValueError in one sentence naming the family and what to do
+(`unsupported` says it before the first step; docs/models.md lists them).
+"""
+
+import contextvars
+import importlib
+
+import torch
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
+from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from longalign.attention import (
+    Layout,
+    attention,
+    current_backend,
+    pack_segments,
+    position_ids_from_cu_seqlens,
+)
+from longalign.loss import LMHead
+
+NAME = "longalign"                     # the attn_implementation wrapped models are loaded with
+LAYOUT = "longalign_layout"            # the kwarg that carries a packed forward's Layout to every attention call
+_packed = contextvars.ContextVar("longalign_packed", default=False)  # True while a packed forward builds masks
+
+
+# ---------------------------------------------------------------------------------------------
+# 1-2. Attention and masks, registered once per process under NAME
+
+def _stock_is_eager(config) -> bool:
+    """Attention softcapping (Gemma-2) and sinks (gpt-oss) are exact only in transformers' eager attention."""
+    return getattr(config, "attn_logit_softcapping", None) is not None or config.model_type == "gpt_oss"
+
+
+def _mask(*args, config=None, **kwargs):
+    if _packed.get():
+        return None  # a packed forward: attention builds its own block-diagonal pattern from the Layout
+    return (eager_mask if _stock_is_eager(config) else sdpa_mask)(*args, config=config, **kwargs)
+
+
+def packed_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, sliding_window=None,
+                     softcap=None, s_aux=None, longalign_layout: Layout | None = None, **kwargs):
+    """transformers' attention call: query (B, H, T, D), key/value (B, H_kv, T, D) -> ((B, T, H, D), None)."""
+    if longalign_layout is None:  # not packed: transformers' own attention, on transformers' own mask
+        if _stock_is_eager(module.config):
+            stock = importlib.import_module(type(module).__module__).eager_attention_forward
+        else:
+            stock = ALL_ATTENTION_FUNCTIONS["sdpa"]
+        extra = {k: v for k, v in (("sliding_window", sliding_window), ("softcap", softcap), ("s_aux", s_aux)) if v is not None}
+        return stock(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **extra, **kwargs)
+    family = module.config.model_type
+    if s_aux is not None:
+        raise ValueError(f"{family} attention sinks (s_aux) are not supported in a packed forward: train this family "
+                         "without --batch_method pack")
+    if not getattr(module, "is_causal", True):
+        raise ValueError(f"{family} bidirectional attention (use_bidirectional_attention) is not supported in a packed "
+                         "forward: set it to false in config.json")
+    if dropout:
+        raise ValueError(f"{family} attention dropout ({dropout}) is not supported in a packed forward: set "
+                         "attention_dropout to 0 in config.json")
+    if softcap and not (current_backend().takes(query) and current_backend().softcap):
+        raise ValueError(softcap_refusal(family, softcap))
+    return attention(query, key, value, scaling, longalign_layout, window=sliding_window, softcap=softcap), None
+
+
+def softcap_refusal(family: str, softcap: float) -> str:
+    return (f"{family} attention softcapping ({softcap}) needs flash-attn's kernel, which this run does not use "
+            f"({current_backend().name}): install flash-attn and train in bf16 on a GPU")
+
+
+AttentionInterface.register(NAME, packed_attention)
+AttentionMaskInterface.register(NAME, _mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. The output layer and the wrapped class
+
+class OutputLayer(LMHead):
+    """The family's output Linear (same weight, same name) that also computes the fused loss: called as the stock
+    model calls it, it returns logits; called with labels / shift_labels, the loss (ZeRO-3 gathers its weight for
+    exactly that call, because the loss runs inside this module's forward)."""
+
+    def forward(self, hidden_states, **loss_kwargs):
+        if not loss_kwargs:
+            return torch.nn.functional.linear(hidden_states, self.weight)
+        return super().forward(hidden_states, **loss_kwargs)[0]
+
+
+def logit_multiplier(config) -> float:
+    """The linear part of the family's final-logit processing: Cohere logits * logit_scale, Granite logits /
+    logits_scaling (applied to the hidden states, so the fused loss needs no logits)."""
+    return getattr(config, "logit_scale", None) or 1 / (getattr(config, "logits_scaling", None) or 1)
+
+
+def unsupported(model) -> str | None:
+    """The one sentence that stops train.py before its first step, or None (checks what the config says)."""
+    config, family = model.config, model.config.model_type
+    if getattr(config, "final_logit_softcapping", None):
+        return (f"{family} final_logit_softcapping ({config.final_logit_softcapping}) is not implemented by the fused "
+                "loss (longalign/loss.py computes no full logits): this family cannot be trained here yet")
+    if getattr(config, "attn_logit_softcapping", None) and not current_backend().softcap:
+        return softcap_refusal(family, config.attn_logit_softcapping)
+    if family == "gpt_oss":
+        return f"{family} attention sinks (s_aux) are not supported in a packed forward: pick another family"
+    if getattr(config, "use_bidirectional_attention", False):
+        return f"{family} bidirectional attention is not supported: set use_bidirectional_attention to false"
+    if getattr(config, "attention_dropout", 0.0):
+        return f"{family} attention dropout ({config.attention_dropout}) is not supported: set attention_dropout to 0"
+    return None
+
+
+def check_rope(config, segments, num_sequences: int) -> None:
+    """RoPE types that pick their frequencies from the row's longest position (max(position_ids) + 1, once for the
+    whole row, the padding tail included) give each sequence of a pack its own frequencies only when the choice
+    is the one it makes alone: Phi-3 LongRoPE when every sequence is on the row's side of
+    original_max_position_embeddings, dynamic NTK when no segment exceeds max_position_embeddings. Otherwise a
+    ValueError (a sequence alone would see other frequencies)."""
+    params = config.rope_parameters or {}
+    lengths = [b - a for a, b in zip(segments.bounds, segments.bounds[1:], strict=False)]
+    for p in (params.values() if all(isinstance(v, dict) for v in params.values()) and params else [params]):
+        if p.get("rope_type") == "longrope":
+            limit = p.get("original_max_position_embeddings") or config.max_position_embeddings
+            if any((n > limit) != (max(lengths) > limit) for n in lengths[:num_sequences]):
+                raise ValueError(f"{config.model_type} LongRoPE picks short or long factors per row: this pack mixes "
+                                 f"sequences of at most and over {limit} tokens (original_max_position_embeddings); "
+                                 f"pack them apart (sort_and_group.py --max_length {limit}) or train with --batch_method sort")
+        if p.get("rope_type") == "dynamic" and max(lengths) > config.max_position_embeddings:
+            raise ValueError(f"{config.model_type} dynamic RoPE rescales per row: a pack with a sequence over "
+                             f"{config.max_position_embeddings} tokens is not exact; train with --batch_method sort")
+
+
+class PackedCausalLM:
+    """Mixed in before the family's class (see `wrap`): our forward for training, the stock one otherwise."""
+
+    def __init__(self, config, *args, **kwargs):
+        super().__init__(config, *args, **kwargs)
+        head = self.get_output_embeddings()
+        if type(head) is not torch.nn.Linear or head.bias is not None:
+            raise ValueError(f"{config.model_type}'s output layer is {type(head).__name__} with a bias or not a "
+                             "Linear: the fused loss cannot stand in for it")
+        self.set_output_embeddings(OutputLayer(head.in_features, head.out_features).to(head.weight.device,
+                                                                                        head.weight.dtype))
+        self.tie_weights()  # tie_word_embeddings: the new layer shares the input embeddings again
+
+    def forward(self, input_ids=None, cu_seqlens=None, position_ids=None, attention_mask=None, labels=None,
+                loss_weights=None, shift_labels=None, shift_loss_weights=None, inputs_embeds=None, **kwargs):
+        if kwargs.pop("row_cu_seqlens", None) is not None:
+            raise ValueError(f"{self.config.model_type}: sequence parallelism needs modeling_llama.py or modeling_chatglm.py")
+        if cu_seqlens is None and labels is None and shift_labels is None:
+            if loss_weights is not None:
+                raise ValueError("loss_weights need labels (or shift_labels)")
+            return super().forward(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
+                                   inputs_embeds=inputs_embeds, **kwargs)             # generate(), logits
+        for key in ("num_items_in_batch", "logits_to_keep", "use_cache", "past_key_values"):
+            kwargs.pop(key, None)  # the Trainer's and generate()'s keys: a training forward has no cache
+        packed = cu_seqlens is not None
+        if packed:
+            T = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+            segments = pack_segments(cu_seqlens, T, (input_ids if input_ids is not None else inputs_embeds).device)
+            check_rope(self.config, segments, cu_seqlens.numel() - 1)
+            if position_ids is None:
+                position_ids = position_ids_from_cu_seqlens(segments)                 # (1, T), restart per sequence
+            kwargs[LAYOUT] = Layout(segments=segments)
+        token = _packed.set(packed)
+        try:
+            hidden = self.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                        inputs_embeds=inputs_embeds, use_cache=False, **kwargs).last_hidden_state
+        finally:
+            _packed.reset(token)
+        multiplier = logit_multiplier(self.config)
+        if multiplier != 1:
+            hidden = hidden * multiplier                                              # (B, T, C)
+        head = self.get_output_embeddings()
+        if labels is None and shift_labels is None:                                   # packed logits
+            logits = head(hidden)
+            if getattr(self.config, "final_logit_softcapping", None):
+                cap = self.config.final_logit_softcapping
+                logits = cap * torch.tanh(logits / cap)
+            return CausalLMOutputWithPast(logits=logits)
+        if getattr(self.config, "final_logit_softcapping", None):
+            raise ValueError(unsupported(self))
+        loss = head(hidden, labels=labels, loss_weights=loss_weights, cu_seqlens=cu_seqlens, shift_labels=shift_labels,
+                    shift_loss_weights=shift_loss_weights)
+        return CausalLMOutputWithPast(loss=loss)
+
+
+_WRAPPED: dict[type, type] = {}
+
+
+def wrap(cls: type) -> type:
+    """The family's causal-LM class with our forward, under the family's own class name."""
+    if cls not in _WRAPPED:
+        _WRAPPED[cls] = type(cls.__name__, (PackedCausalLM, cls), {"__module__": __name__})
+    return _WRAPPED[cls]
+
+
+def why_not(cls: type) -> str | None:
+    """None when `wrap` works for this transformers class, else the reason (for load_model's refusal)."""
+    if getattr(cls, "is_encoder_decoder", False) or getattr(cls.config_class, "is_encoder_decoder", False):
+        return "it is an encoder-decoder"
+    if not cls._supports_attention_backend:
+        return "its attention does not go through transformers' AttentionInterface"
+    return None
