@@ -376,7 +376,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: TrainingArgu
         load_kwargs["attn_implementation"] = model_args.attn_implementation
     model = load_model(model_args.model_name_or_path, **load_kwargs)
     model.accepts_loss_kwargs = False  # no num_items_in_batch: the loss weights already normalise the step
-    if isinstance(model, any_model.PackedCausalLM) and (why := any_model.unsupported(model)) is not None:
+    packed = data_args.batch_method == "pack"
+    if isinstance(model, any_model.PackedCausalLM) and (why := any_model.unsupported(model, packed)) is not None:
         raise UserError(f"{model_args.model_name_or_path}: {why}")  # before the first step, not inside it
     if store.meta.get("vocab_size", 0) > model.config.vocab_size:
         raise UserError(f"{data_args.train_dir} was tokenized with a vocabulary of {store.meta['vocab_size']} "

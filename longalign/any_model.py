@@ -73,18 +73,20 @@ def packed_attention(module, query, key, value, attention_mask, dropout=0.0, sca
         extra = {k: v for k, v in (("sliding_window", sliding_window), ("softcap", softcap), ("s_aux", s_aux)) if v is not None}
         return stock(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **extra, **kwargs)
     family = module.config.model_type
-    if s_aux is not None:
-        raise ValueError(f"{family} attention sinks (s_aux) are not supported in a packed forward: train this family "
-                         "without --batch_method pack")
-    if not getattr(module, "is_causal", True):
-        raise ValueError(f"{family} bidirectional attention (use_bidirectional_attention) is not supported in a packed "
-                         "forward: set it to false in config.json")
-    if dropout:
-        raise ValueError(f"{family} attention dropout ({dropout}) is not supported in a packed forward: set "
-                         "attention_dropout to 0 in config.json")
+    if why := pack_refusal(family, s_aux is not None, not getattr(module, "is_causal", True), dropout):
+        raise ValueError(why)
     if softcap and not (current_backend().takes(query) and current_backend().softcap):
         raise ValueError(softcap_refusal(family, softcap))
     return attention(query, key, value, scaling, longalign_layout, window=sliding_window, softcap=softcap), None
+
+
+def pack_refusal(family: str, sinks: bool, bidirectional: bool, dropout: float) -> str | None:
+    """What a packed forward cannot honour (train.py's check before the first step and the attention call agree)."""
+    what, fix = (("attention sinks (s_aux)", "train it with --batch_method naive or sort") if sinks else
+                 ("bidirectional attention", "set use_bidirectional_attention to false in config.json") if bidirectional
+                 else (f"attention dropout ({dropout})", "set attention_dropout to 0 in config.json") if dropout
+                 else (None, None))
+    return None if what is None else f"{family} {what} is not supported in a packed forward: {fix}"
 
 
 def softcap_refusal(family: str, softcap: float) -> str:
@@ -116,21 +118,19 @@ def logit_multiplier(config) -> float:
     return getattr(config, "logit_scale", None) or 1 / (getattr(config, "logits_scaling", None) or 1)
 
 
-def unsupported(model) -> str | None:
-    """The one sentence that stops train.py before its first step, or None (checks what the config says)."""
+def unsupported(model, packed: bool) -> str | None:
+    """The one sentence that stops train.py before its first step (from the config), or None."""
     config, family = model.config, model.config.model_type
     if getattr(config, "final_logit_softcapping", None):
         return (f"{family} final_logit_softcapping ({config.final_logit_softcapping}) is not implemented by the fused "
                 "loss (longalign/loss.py computes no full logits): this family cannot be trained here yet")
+    if not packed:
+        return None  # every other forward runs transformers' own attention
     if getattr(config, "attn_logit_softcapping", None) and not current_backend().softcap:
         return softcap_refusal(family, config.attn_logit_softcapping)
-    if family == "gpt_oss":
-        return f"{family} attention sinks (s_aux) are not supported in a packed forward: pick another family"
-    if getattr(config, "use_bidirectional_attention", False):
-        return f"{family} bidirectional attention is not supported: set use_bidirectional_attention to false"
-    if getattr(config, "attention_dropout", 0.0):
-        return f"{family} attention dropout ({config.attention_dropout}) is not supported: set attention_dropout to 0"
-    return None
+    sinks = any(name.endswith("sinks") for name, _ in model.named_parameters())
+    return pack_refusal(family, sinks, getattr(config, "use_bidirectional_attention", False),
+                        getattr(config, "attention_dropout", 0.0))
 
 
 def check_rope(config, segments, num_sequences: int) -> None:
@@ -162,9 +162,9 @@ class PackedCausalLM:
         if type(head) is not torch.nn.Linear or head.bias is not None:
             raise ValueError(f"{config.model_type}'s output layer is {type(head).__name__} with a bias or not a "
                              "Linear: the fused loss cannot stand in for it")
-        self.set_output_embeddings(OutputLayer(head.in_features, head.out_features).to(head.weight.device,
-                                                                                        head.weight.dtype))
-        self.tie_weights()  # tie_word_embeddings: the new layer shares the input embeddings again
+        layer = OutputLayer(head.in_features, head.out_features)
+        layer.weight = head.weight  # the same Parameter: its initialisation, dtype, device and tying are kept
+        self.set_output_embeddings(layer)
 
     def forward(self, input_ids=None, cu_seqlens=None, position_ids=None, attention_mask=None, labels=None,
                 loss_weights=None, shift_labels=None, shift_loss_weights=None, inputs_embeds=None, **kwargs):
@@ -202,7 +202,7 @@ class PackedCausalLM:
                 logits = cap * torch.tanh(logits / cap)
             return CausalLMOutputWithPast(logits=logits)
         if getattr(self.config, "final_logit_softcapping", None):
-            raise ValueError(unsupported(self))
+            raise ValueError(unsupported(self, packed))
         loss = head(hidden, labels=labels, loss_weights=loss_weights, cu_seqlens=cu_seqlens, shift_labels=shift_labels,
                     shift_loss_weights=shift_loss_weights)
         return CausalLMOutputWithPast(loss=loss)

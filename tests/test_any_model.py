@@ -109,12 +109,13 @@ def parity(family: str, **overrides):
         control = ours(x).logits[0, :n]                                    # no cu_seqlens: one long sequence
         plain = ours(x[:, :LENGTHS[0]]).logits[0]                          # a plain forward stays transformers'
     ref_logits, ref_loss = per_sequence_reference(stock, x, cu, labels, weights)
-    assert (plain - ref_logits[:LENGTHS[0]]).abs().max() <= 1e-5
+    assert (plain - ref_logits[:LENGTHS[0]].detach()).abs().max() <= 1e-5
     loss = ours(x, cu_seqlens=cu, labels=labels, loss_weights=weights).loss
     loss.backward()
     ref_loss.backward()
+    loss, ref_loss, ref_logits = float(loss.detach()), float(ref_loss.detach()), ref_logits.detach()
     return (float((packed - ref_logits).abs().max()), float((control - ref_logits).abs().max()),
-            abs(float(loss) - float(ref_loss)) / float(ref_loss), rel_grad(ours, stock))
+            abs(loss - ref_loss) / ref_loss, rel_grad(ours, stock))
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -158,7 +159,8 @@ def test_gemma2_softcapping_exact_with_flash_attn_refused_without():
     stock.config._attn_implementation = "eager"
     ours = wrapped_twin(stock)
     x, cu, labels, weights = packed_batch()
-    ref_logits, _ = per_sequence_reference(stock, x, cu, labels, weights)
+    with torch.no_grad():
+        ref_logits, _ = per_sequence_reference(stock, x, cu, labels, weights)
     with pytest.raises(ValueError, match=r"^gemma2 attention softcapping \(5.0\) needs flash-attn's kernel"):
         ours(x, cu_seqlens=cu)
     with torch.no_grad():  # a plain forward is transformers' eager attention, softcapping included
@@ -200,3 +202,18 @@ def test_a_model_without_our_contract_refuses_packing_and_weights(tmp_path, caps
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and sentence in err[0], err
+
+
+@pytest.mark.parametrize("family,overrides,packed,start", [
+    ("gemma2", {}, False, "gemma2 final_logit_softcapping (30.0) is not implemented by the fused loss"),
+    ("gemma2", {"final_logit_softcapping": None}, True, "gemma2 attention softcapping (50.0) needs flash-attn's kernel"),
+    ("gemma2", {"final_logit_softcapping": None}, False, None),   # unpacked: transformers' eager attention
+    ("gemma3_text", {"use_bidirectional_attention": True}, True,
+     "gemma3_text bidirectional attention is not supported in a packed forward: set use_bidirectional_attention"),
+    ("qwen3", {"attention_dropout": 0.1}, True, "qwen3 attention dropout (0.1) is not supported in a packed forward"),
+    ("qwen3", {"attention_dropout": 0.1}, False, None),
+    ("qwen3", {}, True, None),
+])
+def test_what_train_py_refuses_before_the_first_step(family, overrides, packed, start):
+    why = any_model.unsupported(wrapped_twin(tiny(family, **overrides)), packed)
+    assert why == start if start is None else why.startswith(start), why

@@ -1,9 +1,13 @@
 """train.py on a family without a model file of ours (tiny random Qwen3, tied embeddings, through
 longalign/any_model.py): pack + --pack_loss gives the same SGD step as the brute-force per-sequence reference
-(transformers' own Qwen3ForCausalLM, one sequence at a time, Eq. 2); two steps train, and the saved folder loads
+(transformers' own Qwen3ForCausalLM, one sequence at a time, Eq. 2), in one process and in two under DeepSpeed
+ZeRO-3; two steps train, and the saved folder loads
 in stock transformers as Qwen3ForCausalLM with the logits of our packed forward."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -38,10 +42,16 @@ def qwen3_dir(tmp_path_factory, tokenizer):
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, tokenizer_dir):
+def stores(tmp_path_factory, tokenizer_dir):
+    """The same store with pack plans for K = 1 (one process) and K = 2 (two)."""
     root = tmp_path_factory.mktemp("train_qwen3")
-    return with_plan(make_store(root, tokenizer_dir, num_long=2, num_short=8, long_min_words=30, max_length=1024),
-                     root / "k1", K=1, max_length=1024)
+    plain = make_store(root, tokenizer_dir, num_long=2, num_short=8, long_min_words=30, max_length=1024)
+    return {K: with_plan(plain, root / f"k{K}", K=K, max_length=1024) for K in (1, 2)}
+
+
+@pytest.fixture(scope="module")
+def store(stores):
+    return stores[1]
 
 
 def test_pack_loss_step_equals_the_per_sequence_reference(tmp_path, qwen3_dir, store):
@@ -73,3 +83,24 @@ def test_two_steps_then_the_folder_loads_in_stock_transformers(tmp_path, qwen3_d
     print(f"\n[figure] qwen3 trained 2 steps, reloaded as stock Qwen3ForCausalLM: logits max|diff| {diff:.1e}")
     assert diff <= 1e-5
     assert float(delta(weights(out), weights(qwen3_dir))["model.norm.weight"].abs().max()) > 0  # it trained
+
+
+def test_two_process_zero3_step_equals_the_reference(tmp_path, qwen3_dir, stores):
+    """ZeRO-3 partitions the wrapped Qwen3 (tied output layer included) over 2 processes: one SGD step over the
+    whole store, 1 pack per rank per micro-step, equals the per-sequence reference."""
+    pytest.importorskip("deepspeed")
+    from test_train_deepspeed import ROOT, cpu_zero3_config, free_port
+
+    store = stores[2]
+    out = tmp_path / "zero3"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), "train.py",
+           *train_argv(qwen3_dir, store, out, *SGD, "--batch_method", "pack", "--pack_loss", "--max_length", 1024,
+                       "--gradient_accumulation_steps", 64, "--deepspeed", cpu_zero3_config(tmp_path / "z3.json"))]
+    run = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"),
+                         capture_output=True, text=True, timeout=420)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    reference = reference_sgd_delta(qwen3_dir, store)
+    reference.pop("lm_head.weight", None)  # tied: saved once, as model.embed_tokens.weight
+    d = delta(weights(out), weights(qwen3_dir))
+    assert rel(d, reference, "qwen3 (any_model), 2 processes ZeRO-3, pack + --pack_loss vs per-sequence reference") <= 1e-4
