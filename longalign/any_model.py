@@ -146,8 +146,8 @@ def check_rope(config, segments, num_sequences: int) -> None:
             limit = p.get("original_max_position_embeddings") or config.max_position_embeddings
             if any((n > limit) != (max(lengths) > limit) for n in lengths[:num_sequences]):
                 raise ValueError(f"{config.model_type} LongRoPE picks short or long factors per row: this pack mixes "
-                                 f"sequences of at most and over {limit} tokens (original_max_position_embeddings); "
-                                 f"pack them apart (sort_and_group.py --max_length {limit}) or train with --batch_method sort")
+                                 f"sequences of at most and over {limit} tokens (original_max_position_embeddings), "
+                                 "which alone would get different factors: train with --batch_method sort")
         if p.get("rope_type") == "dynamic" and max(lengths) > config.max_position_embeddings:
             raise ValueError(f"{config.model_type} dynamic RoPE rescales per row: a pack with a sequence over "
                              f"{config.max_position_embeddings} tokens is not exact; train with --batch_method sort")
