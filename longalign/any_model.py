@@ -19,6 +19,9 @@ needs without a line of it copied:
      final-logit processing is reproduced where it is linear (Cohere logit_scale, Granite logits_scaling: the
      hidden states are scaled instead) and refused where it is not (Gemma-2 final_logit_softcapping).
 
+Sequence parallelism: each attention module gets the `sequence_parallel` slot of the model files, which
+longalign/sequence_parallel.py fills with DeepSpeed's all-to-all around our packed attention.
+
 The wrapped class is a subclass of the family's own class with the SAME name, so save_pretrained writes the
 family's config.json and state dict (architectures: ["Qwen3ForCausalLM"]) and stock transformers loads it back.
 Anything the packed path cannot honour raises ValueError in one sentence naming the family and what to do
@@ -64,8 +67,11 @@ def _mask(*args, config=None, **kwargs):
 
 def packed_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, sliding_window=None,
                      softcap=None, s_aux=None, longalign_layout: Layout | None = None, **kwargs):
-    """transformers' attention call: query (B, H, T, D), key/value (B, H_kv, T, D) -> ((B, T, H, D), None)."""
-    if longalign_layout is None:  # not packed: transformers' own attention, on transformers' own mask
+    """transformers' attention call: query (B, H, T, D), key/value (B, H_kv, T, D) -> ((B, T, H, D), None).
+    Under sequence parallelism (module.sequence_parallel, set by longalign/sequence_parallel.py) T is this rank's
+    slice: DeepSpeed's all-to-all gives it the full row of H/N heads, our packed attention runs there."""
+    sp = getattr(module, "sequence_parallel", None)
+    if longalign_layout is None and sp is None:  # not packed: transformers' own attention, on transformers' own mask
         if _stock_is_eager(module.config):
             stock = importlib.import_module(type(module).__module__).eager_attention_forward
         else:
@@ -77,6 +83,9 @@ def packed_attention(module, query, key, value, attention_mask, dropout=0.0, sca
         raise ValueError(why)
     if softcap and not (current_backend().takes(query) and current_backend().softcap):
         raise ValueError(softcap_refusal(family, softcap))
+    if sp is not None:
+        return sp(query, key, value, kwargs["position_ids"], longalign_layout, scale=scaling, window=sliding_window,
+                  softcap=softcap), None
     return attention(query, key, value, scaling, longalign_layout, window=sliding_window, softcap=softcap), None
 
 
@@ -165,27 +174,35 @@ class PackedCausalLM:
         layer = OutputLayer(head.in_features, head.out_features)
         layer.weight = head.weight  # the same Parameter: its initialisation, dtype, device and tying are kept
         self.set_output_embeddings(layer)
+        for module in self.modules():  # the slot longalign/sequence_parallel.py fills with its Ulysses wrapper
+            if hasattr(module, "scaling") and hasattr(module, "head_dim") and hasattr(module, "is_causal"):
+                module.sequence_parallel = None
 
     def forward(self, input_ids=None, cu_seqlens=None, position_ids=None, attention_mask=None, labels=None,
-                loss_weights=None, shift_labels=None, shift_loss_weights=None, inputs_embeds=None, **kwargs):
-        if kwargs.pop("row_cu_seqlens", None) is not None:
-            raise ValueError(f"{self.config.model_type}: sequence parallelism needs modeling_llama.py or modeling_chatglm.py")
-        if cu_seqlens is None and labels is None and shift_labels is None:
+                loss_weights=None, shift_labels=None, shift_loss_weights=None, inputs_embeds=None,
+                row_cu_seqlens=None, **kwargs):
+        """See the module docstring; under sequence parallelism a rank's slice (longalign/sequence_parallel.py's
+        shard_batch: position_ids, shift_labels, shift_loss_weights and the full row's `row_cu_seqlens`)."""
+        sequence_parallel = any(getattr(m, "sequence_parallel", None) is not None for m in self.modules())
+        if cu_seqlens is None and labels is None and shift_labels is None and not sequence_parallel:
             if loss_weights is not None:
                 raise ValueError("loss_weights need labels (or shift_labels)")
             return super().forward(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
                                    inputs_embeds=inputs_embeds, **kwargs)             # generate(), logits
         for key in ("num_items_in_batch", "logits_to_keep", "use_cache", "past_key_values"):
             kwargs.pop(key, None)  # the Trainer's and generate()'s keys: a training forward has no cache
-        packed = cu_seqlens is not None
-        if packed:
-            T = (input_ids if input_ids is not None else inputs_embeds).shape[1]
-            segments = pack_segments(cu_seqlens, T, (input_ids if input_ids is not None else inputs_embeds).device)
-            check_rope(self.config, segments, cu_seqlens.numel() - 1)
+        x = input_ids if input_ids is not None else inputs_embeds
+        packed = cu_seqlens is not None or row_cu_seqlens is not None
+        if packed:  # a pack, or under sequence parallelism this rank's slice of one (the segments of the full row)
+            row = row_cu_seqlens if cu_seqlens is None else cu_seqlens
+            segments = pack_segments(row, x.shape[1] if cu_seqlens is not None else None, x.device)
+            check_rope(self.config, segments, row.numel() - 1)
             if position_ids is None:
                 position_ids = position_ids_from_cu_seqlens(segments)                 # (1, T), restart per sequence
             kwargs[LAYOUT] = Layout(segments=segments)
-        token = _packed.set(packed)
+        if sequence_parallel and position_ids is None:
+            raise ValueError("sequence parallelism needs this rank's position_ids (shard_batch adds them)")
+        token = _packed.set(packed or sequence_parallel)  # no transformers mask: our attention builds its own
         try:
             hidden = self.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                         inputs_embeds=inputs_embeds, use_cache=False, **kwargs).last_hidden_state

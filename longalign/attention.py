@@ -361,6 +361,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
     """
     layout = layout or Layout()
     if layout.segments is None:
+        if softcap or (window and window < k.shape[2]):
+            raise ValueError("a sliding window or softcapping needs a packed row (cu_seqlens), not padded rows")
         return _dense(q, k, v, scale, layout.attention_mask, layout.past)
     if q.shape[0] != 1:
         raise ValueError(f"a packed row has batch size 1, got {q.shape[0]}; concatenate sequences instead.")

@@ -13,7 +13,6 @@ import torch
 import transformers
 from fake_kernels import kernels
 
-import train
 from longalign import IGNORE_INDEX, any_model
 from longalign.models import load_model
 
@@ -195,6 +194,8 @@ def test_a_model_without_our_contract_refuses_packing_and_weights(tmp_path, caps
         with pytest.raises(ValueError, match=sentence.replace("(", r"\(").replace(")", r"\)")):
             model(x, **kwargs)
     capsys.readouterr()
+    import train  # (imported here: tests/test_any_model_sp.py's worker processes import this file)
+
     # train.py stops before it reads the data or loads the model: every batch it builds carries loss weights
     with pytest.raises(SystemExit) as e:
         train.main(["--model_name_or_path", str(tmp_path / "bloom"), "--train_dir", str(tmp_path / "none"),
