@@ -142,22 +142,25 @@ def unsupported(model, packed: bool) -> str | None:
                         getattr(config, "attention_dropout", 0.0))
 
 
-def check_rope(config, segments, num_sequences: int) -> None:
+def check_rope(config, lengths: list[int], num_sequences: int, sequence_parallel: bool = False) -> None:
     """RoPE types that pick their frequencies from the row's longest position (max(position_ids) + 1, once for the
     whole row, the padding tail included) give each sequence of a pack its own frequencies only when the choice
     is the one it makes alone: Phi-3 LongRoPE when every sequence is on the row's side of
     original_max_position_embeddings, dynamic NTK when no segment exceeds max_position_embeddings. Otherwise a
-    ValueError (a sequence alone would see other frequencies)."""
+    ValueError (a sequence alone would see other frequencies). Under sequence parallelism each rank decides from
+    its own slice's positions, so neither type is exact there."""
     params = config.rope_parameters or {}
-    lengths = [b - a for a, b in zip(segments.bounds, segments.bounds[1:], strict=False)]
     for p in (params.values() if all(isinstance(v, dict) for v in params.values()) and params else [params]):
-        if p.get("rope_type") == "longrope":
+        if sequence_parallel and p.get("rope_type") in ("longrope", "dynamic"):
+            raise ValueError(f"{config.model_type} {p['rope_type']} RoPE picks its frequencies from each rank's slice "
+                             "under sequence parallelism, not per sequence: train without --sequence_parallel_size")
+        if p.get("rope_type") == "longrope" and lengths:
             limit = p.get("original_max_position_embeddings") or config.max_position_embeddings
             if any((n > limit) != (max(lengths) > limit) for n in lengths[:num_sequences]):
                 raise ValueError(f"{config.model_type} LongRoPE picks short or long factors per row: this pack mixes "
                                  f"sequences of at most and over {limit} tokens (original_max_position_embeddings), "
                                  "which alone would get different factors: train with --batch_method sort")
-        if p.get("rope_type") == "dynamic" and max(lengths) > config.max_position_embeddings:
+        if p.get("rope_type") == "dynamic" and lengths and max(lengths) > config.max_position_embeddings:
             raise ValueError(f"{config.model_type} dynamic RoPE rescales per row: a pack with a sequence over "
                              f"{config.max_position_embeddings} tokens is not exact; train with --batch_method sort")
 
@@ -193,13 +196,16 @@ class PackedCausalLM:
             kwargs.pop(key, None)  # the Trainer's and generate()'s keys: a training forward has no cache
         x = input_ids if input_ids is not None else inputs_embeds
         packed = cu_seqlens is not None or row_cu_seqlens is not None
+        lengths, num_sequences = [], 0                                                # of the row's segments
         if packed:  # a pack, or under sequence parallelism this rank's slice of one (the segments of the full row)
             row = row_cu_seqlens if cu_seqlens is None else cu_seqlens
             segments = pack_segments(row, x.shape[1] if cu_seqlens is not None else None, x.device)
-            check_rope(self.config, segments, row.numel() - 1)
             if position_ids is None:
                 position_ids = position_ids_from_cu_seqlens(segments)                 # (1, T), restart per sequence
             kwargs[LAYOUT] = Layout(segments=segments)
+            lengths = [b - a for a, b in zip(segments.bounds, segments.bounds[1:], strict=False)]  # + padding tail
+            num_sequences = row.numel() - 1
+        check_rope(self.config, lengths, num_sequences, sequence_parallel)
         if sequence_parallel and position_ids is None:
             raise ValueError("sequence parallelism needs this rank's position_ids (shard_batch adds them)")
         token = _packed.set(packed or sequence_parallel)  # no transformers mask: our attention builds its own
