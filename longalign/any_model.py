@@ -16,8 +16,8 @@ needs without a line of it copied:
   3. the loss: get_decoder() gives the final hidden states (after the last norm), the output layer
      (get_output_embeddings(), swapped for an `OutputLayer` that is the same Linear for every stock call) computes
      longalign/loss.py's fused output layer + weighted cross-entropy: no (T, V) fp32 logits. The family's
-     final-logit processing is reproduced where it is linear (Cohere logit_scale, Granite logits_scaling: the
-     hidden states are scaled instead) and refused where it is not (Gemma-2 final_logit_softcapping).
+     final-logit processing is reproduced: Cohere logit_scale and Granite logits_scaling scale the hidden states
+     (linear), Gemma-2's final_logit_softcapping runs inside the fused loss.
 
 Sequence parallelism: each attention module gets the `sequence_parallel` slot of the model files, which
 longalign/sequence_parallel.py fills with DeepSpeed's all-to-all around our packed attention.
@@ -130,9 +130,6 @@ def logit_multiplier(config) -> float:
 def unsupported(model, packed: bool) -> str | None:
     """The one sentence that stops train.py before its first step (from the config), or None."""
     config, family = model.config, model.config.model_type
-    if getattr(config, "final_logit_softcapping", None):
-        return (f"{family} final_logit_softcapping ({config.final_logit_softcapping}) is not implemented by the fused "
-                "loss (longalign/loss.py computes no full logits): this family cannot be trained here yet")
     if not packed:
         return None  # every other forward runs transformers' own attention
     if getattr(config, "attn_logit_softcapping", None) and not current_backend().softcap:
@@ -224,10 +221,8 @@ class PackedCausalLM:
                 cap = self.config.final_logit_softcapping
                 logits = cap * torch.tanh(logits / cap)
             return CausalLMOutputWithPast(logits=logits)
-        if getattr(self.config, "final_logit_softcapping", None):
-            raise ValueError(unsupported(self, packed))
         loss = head(hidden, labels=labels, loss_weights=loss_weights, cu_seqlens=cu_seqlens, shift_labels=shift_labels,
-                    shift_loss_weights=shift_loss_weights)
+                    shift_loss_weights=shift_loss_weights, softcap=getattr(self.config, "final_logit_softcapping", None))
         return CausalLMOutputWithPast(loss=loss)
 
 

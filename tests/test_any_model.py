@@ -152,9 +152,9 @@ def test_the_window_is_honoured():
     assert diff > 1e-3
 
 
-def test_gemma2_softcapping_exact_with_flash_attn_refused_without():
+def test_gemma2_softcapping_exact_with_flash_attn_attention_refused_without():
     stock = tiny("gemma2", sliding_window=WINDOW, layer_types=["sliding_attention", "full_attention"],
-                 attn_logit_softcapping=5.0, final_logit_softcapping=3.0)
+                 attn_logit_softcapping=5.0, final_logit_softcapping=0.3)
     stock.config._attn_implementation = "eager"
     ours = wrapped_twin(stock)
     x, cu, labels, weights = packed_batch()
@@ -167,10 +167,21 @@ def test_gemma2_softcapping_exact_with_flash_attn_refused_without():
     with kernels(flash="fake", allow_fp32=True):
         packed = ours(x, cu_seqlens=cu).logits[0, :sum(LENGTHS)].detach()
         diff = float((packed - ref_logits).abs().max())
-        print(f"\nPARITY gemma2 (attention + final softcapping, fake flash-attn): packed logits max|diff| {diff:.1e}")
-        assert diff <= 1e-5
-        with pytest.raises(ValueError, match=r"^gemma2 final_logit_softcapping \(3.0\) is not implemented"):
-            ours(x, cu_seqlens=cu, labels=labels, loss_weights=weights)
+        loss = ours(x, cu_seqlens=cu, labels=labels, loss_weights=weights).loss  # final softcap in the fused loss
+        ref_logits, ref_loss = per_sequence_reference(stock, x, cu, labels, weights)
+        loss.backward()
+        ref_loss.backward()
+        loss_rel = abs(float(loss.detach()) - float(ref_loss.detach())) / float(ref_loss.detach())
+        grad = rel_grad(ours, stock)
+        print(f"\nPARITY gemma2 (attention + final softcapping, fake flash-attn): packed logits max|diff| {diff:.1e}, "
+              f"weighted loss rel {loss_rel:.1e}, grads rel {grad:.1e}")
+        assert diff <= 1e-5 and loss_rel <= 1e-6 and grad <= 1e-5
+        ours.config.final_logit_softcapping = None  # control: the loss without the final softcap
+        with torch.no_grad():
+            control = float(ours(x, cu_seqlens=cu, labels=labels, loss_weights=weights).loss)
+        control = abs(control - float(ref_loss.detach())) / float(ref_loss.detach())
+        print(f"PARITY control: gemma2 loss without the final softcap: rel {control:.1e}")
+        assert control > 1e-4  # (tiny random logits stay small: the cap of 0.3 is what makes them differ)
 
 
 def test_phi3_longrope_refuses_a_pack_that_mixes_short_and_long():
@@ -206,9 +217,8 @@ def test_a_model_without_our_contract_refuses_packing_and_weights(tmp_path, caps
 
 
 @pytest.mark.parametrize("family,overrides,packed,start", [
-    ("gemma2", {}, False, "gemma2 final_logit_softcapping (30.0) is not implemented by the fused loss"),
-    ("gemma2", {"final_logit_softcapping": None}, True, "gemma2 attention softcapping (50.0) needs flash-attn's kernel"),
-    ("gemma2", {"final_logit_softcapping": None}, False, None),   # unpacked: transformers' eager attention
+    ("gemma2", {}, True, "gemma2 attention softcapping (50.0) needs flash-attn's kernel"),
+    ("gemma2", {}, False, None),   # unpacked: transformers' eager attention; final softcapping in the fused loss
     ("gemma3_text", {"use_bidirectional_attention": True}, True,
      "gemma3_text bidirectional attention is not supported in a packed forward: set use_bidirectional_attention"),
     ("qwen3", {"attention_dropout": 0.1}, True, "qwen3 attention dropout (0.1) is not supported in a packed forward"),
