@@ -69,7 +69,8 @@ class ModelArguments:
         default="float32", metadata={"help": "dtype the weights are loaded in; bfloat16 halves the memory of "
                                              "loading (with DeepSpeed --bf16 the optimizer keeps fp32 master weights)"})
     attn_implementation: str | None = field(
-        default=None, metadata={"help": "attention kernel passed to from_pretrained (default: the model file's)"})
+        default=None, metadata={"help": "attention kernel passed to from_pretrained (default: the model file's; the "
+                                        "families of longalign/any_model.py always use its own)"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow a checkpoint's own code (ChatGLM3 / LongAlign-6B need none: longalign/tokenization.py builds their tokenizer)"})
 
 

@@ -129,7 +129,8 @@ def logit_multiplier(config) -> float:
 
 def unsupported(model, packed: bool) -> str | None:
     """The one sentence that stops train.py before its first step (from the config), or None."""
-    config, family = model.config, model.config.model_type
+    config = model.config.get_text_config()  # (a multimodal wrapper's language model: its own config)
+    family = config.model_type
     if not packed:
         return None  # every other forward runs transformers' own attention
     if getattr(config, "attn_logit_softcapping", None) and not current_backend().softcap:
@@ -146,7 +147,7 @@ def check_rope(config, lengths: list[int], num_sequences: int, sequence_parallel
     original_max_position_embeddings, dynamic NTK when no segment exceeds max_position_embeddings. Otherwise a
     ValueError (a sequence alone would see other frequencies). Under sequence parallelism each rank decides from
     its own slice's positions, so neither type is exact there."""
-    params = config.rope_parameters or {}
+    params = getattr(config, "rope_parameters", None) or {}
     for p in (params.values() if all(isinstance(v, dict) for v in params.values()) and params else [params]):
         if sequence_parallel and p.get("rope_type") in ("longrope", "dynamic"):
             raise ValueError(f"{config.model_type} {p['rope_type']} RoPE picks its frequencies from each rank's slice "
@@ -202,7 +203,8 @@ class PackedCausalLM:
             kwargs[LAYOUT] = Layout(segments=segments)
             lengths = [b - a for a, b in zip(segments.bounds, segments.bounds[1:], strict=False)]  # + padding tail
             num_sequences = row.numel() - 1
-        check_rope(self.config, lengths, num_sequences, sequence_parallel)
+        config = self.config.get_text_config()  # the language model's (itself for a text-only family)
+        check_rope(config, lengths, num_sequences, sequence_parallel)
         if sequence_parallel and position_ids is None:
             raise ValueError("sequence parallelism needs this rank's position_ids (shard_batch adds them)")
         token = _packed.set(packed or sequence_parallel)  # no transformers mask: our attention builds its own
@@ -211,18 +213,18 @@ class PackedCausalLM:
                                         inputs_embeds=inputs_embeds, use_cache=False, **kwargs).last_hidden_state
         finally:
             _packed.reset(token)
-        multiplier = logit_multiplier(self.config)
+        multiplier = logit_multiplier(config)
         if multiplier != 1:
             hidden = hidden * multiplier                                              # (B, T, C)
         head = self.get_output_embeddings()
         if labels is None and shift_labels is None:                                   # packed logits
             logits = head(hidden)
-            if getattr(self.config, "final_logit_softcapping", None):
-                cap = self.config.final_logit_softcapping
+            if getattr(config, "final_logit_softcapping", None):
+                cap = config.final_logit_softcapping
                 logits = cap * torch.tanh(logits / cap)
             return CausalLMOutputWithPast(logits=logits)
         loss = head(hidden, labels=labels, loss_weights=loss_weights, cu_seqlens=cu_seqlens, shift_labels=shift_labels,
-                    shift_loss_weights=shift_loss_weights, softcap=getattr(self.config, "final_logit_softcapping", None))
+                    shift_loss_weights=shift_loss_weights, softcap=getattr(config, "final_logit_softcapping", None))
         return CausalLMOutputWithPast(loss=loss)
 
 

@@ -96,6 +96,7 @@ def load_model(path_or_id, **from_pretrained_kwargs):
         return LlamaForCausalLM.from_pretrained(path_or_id, config=config, **from_pretrained_kwargs)
     if (sentence := refusal(config_dict)) is None:  # the family's own class, our forward (longalign/any_model.py)
         cls = any_model.wrap(causal_lm_class(model_type))
+        # attn_implementation: ours whatever the caller asked (it runs transformers' sdpa/eager outside packed rows)
         return cls.from_pretrained(path_or_id, **{**from_pretrained_kwargs, "attn_implementation": any_model.NAME})
     model = AutoModelForCausalLM.from_pretrained(path_or_id, **from_pretrained_kwargs)
     _refuse_packing_and_weights(model, sentence)
