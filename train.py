@@ -12,7 +12,8 @@ the generic defaults that are traps here changed (LongAlignTrainingArguments): -
 --logging_steps 1, --remove_unused_columns false. scripts/train_*.sh hold the paper's rows.
 
 Inputs:
-    --model_name_or_path  a Llama-family or ChatGLM checkpoint (longalign.models.load_model picks the file)
+    --model_name_or_path  a decoder-only causal LM (longalign.models.load_model: our model files for the Llama family
+                          and ChatGLM, longalign/any_model.py for the others; docs/models.md lists what works)
     --train_dir           a folder from pre_tokenize.py (meta.json + store) and, for sort/pack,
                           sort_and_group.py --group_size K (K = world size / N x per-device batch)
 Outputs (in --output_dir):
@@ -68,7 +69,8 @@ class ModelArguments:
         default="float32", metadata={"help": "dtype the weights are loaded in; bfloat16 halves the memory of "
                                              "loading (with DeepSpeed --bf16 the optimizer keeps fp32 master weights)"})
     attn_implementation: str | None = field(
-        default=None, metadata={"help": "attention kernel passed to from_pretrained (default: the model file's)"})
+        default=None, metadata={"help": "attention kernel passed to from_pretrained (default: the model file's; the "
+                                        "families of longalign/any_model.py always use its own)"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow a checkpoint's own code (ChatGLM3 / LongAlign-6B need none: longalign/tokenization.py builds their tokenizer)"})
 
 
@@ -344,7 +346,8 @@ def cpu_supports_fp16() -> bool:
 
 
 def run(model_args: ModelArguments, data_args: DataArguments, args: TrainingArguments) -> dict:
-    from longalign.models import load_model, model_config
+    from longalign import any_model
+    from longalign.models import load_model, model_config, refusal
     from longalign.store import TokenizedStore
 
     # 1. inputs: the model's config, the store, the plan, the schedule (errors before anything is written or loaded)
@@ -355,7 +358,9 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: TrainingArgu
         # DeepSpeed would stop at its first step ("Type fp16 is not supported on your device"), after the load
         raise UserError("--fp16 needs a CPU with float16 support (AVX-512 FP16 or AMX; oneDNN reports none on "
                         "this one): use --bf16 true instead, or train on a GPU")
-    model_config(model_args.model_name_or_path)
+    config_dict = model_config(model_args.model_name_or_path)
+    if (why := refusal(config_dict)) is not None:  # every batch carries loss weights; a stock model ignores them
+        raise UserError(f"{model_args.model_name_or_path}: {why}")
     if not (Path(data_args.train_dir) / "meta.json").is_file():
         raise UserError(f"--train_dir {data_args.train_dir} has no meta.json: run pre_tokenize.py "
                         f"--output_dir {data_args.train_dir} first")
@@ -385,6 +390,9 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: TrainingArgu
         load_kwargs["attn_implementation"] = model_args.attn_implementation
     model = load_model(model_args.model_name_or_path, **load_kwargs)
     model.accepts_loss_kwargs = False  # no num_items_in_batch: the loss weights already normalise the step
+    packed = data_args.batch_method == "pack"
+    if isinstance(model, any_model.PackedCausalLM) and (why := any_model.unsupported(model, packed)) is not None:
+        raise UserError(f"{model_args.model_name_or_path}: {why}")  # before the first step, not inside it
     if store.meta.get("vocab_size", 0) > model.config.vocab_size:
         raise UserError(f"{data_args.train_dir} was tokenized with a vocabulary of {store.meta['vocab_size']} "
                         f"but {model_args.model_name_or_path} has {model.config.vocab_size}: re-run "

@@ -171,9 +171,11 @@ def lm_output(loss, logits, cache):
 
 
 # ---------------------------------------------------------------------------------------------
-# Backends: a varlen kernel is (q, k, v, cu_seq_q, cu_seq_k, max_q, max_k, scale) -> out, with q, k, v
-# (total, heads, D) and causal attention aligned to the LAST key of each sequence (FlashAttention-2's rule
-# when a sequence has fewer queries than keys, which the decode path of the monkey patch relies on).
+# Backends: a varlen kernel is (q, k, v, cu_seq_q, cu_seq_k, max_q, max_k, scale, window=None, softcap=None)
+# -> out, with q, k, v (total, heads, D) and causal attention aligned to the LAST key of each sequence
+# (FlashAttention-2's rule when a sequence has fewer queries than keys, which the decode path of the monkey
+# patch relies on). window = w: a query sees itself and the w - 1 keys before it (transformers' `sliding_window`,
+# FlashAttention's window_size=(w - 1, 0)); softcap = c: scores become c * tanh(score / c) (Gemma-2), flash-attn only.
 
 Kernel = Callable[..., torch.Tensor]
 
@@ -184,6 +186,7 @@ class Backend:
     kernel: Kernel | None = None       # None: SDPA per sequence
     device_type: str | None = None     # the kernel takes tensors of this device type ...
     dtypes: tuple = HALF               # ... and these dtypes; anything else goes to SDPA
+    softcap: bool = False              # the kernel takes `softcap` (flash-attn); SDPA and varlen_attn do not
 
     def takes(self, q: torch.Tensor) -> bool:
         return self.kernel is not None and q.device.type == self.device_type and q.dtype in self.dtypes
@@ -193,8 +196,9 @@ def _flash_attn() -> tuple[str, Kernel]:
     import flash_attn
     from flash_attn import flash_attn_varlen_func
 
-    def kernel(q, k, v, cu_q, cu_k, max_q, max_k, scale):
-        return flash_attn_varlen_func(q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale=scale, causal=True)
+    def kernel(q, k, v, cu_q, cu_k, max_q, max_k, scale, window=None, softcap=None):
+        return flash_attn_varlen_func(q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale=scale, causal=True,
+                                      window_size=(window - 1, 0) if window else (-1, -1), softcap=softcap or 0.0)
 
     return f"flash-attn {getattr(flash_attn, '__version__', '?')} flash_attn_varlen_func", kernel
 
@@ -213,14 +217,18 @@ def _torch_varlen() -> tuple[str, Kernel]:
         raise TypeError(f"this torch's varlen_attn has no causal option (signature {list(params)})")
     gqa = "enable_gqa" in params
 
-    def kernel(q, k, v, cu_q, cu_k, max_q, max_k, scale):
-        extra = {}
+    def kernel(q, k, v, cu_q, cu_k, max_q, max_k, scale, window=None, softcap=None):
+        if softcap:
+            raise ValueError("torch's varlen_attn takes no softcap")
+        extra = {"window_size": (window - 1, 0)} if window and "window_size" in params else {}
+        if window and not extra:
+            raise ValueError("this torch's varlen_attn takes no sliding window")
         if q.shape[1] != k.shape[1]:
             if gqa:
                 extra["enable_gqa"] = True
             else:  # older signature: give it as many KV heads as query heads
                 k, v = (t.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for t in (k, v))
-        return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale, **causal, **extra)
+        return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale, **{**causal, **extra})
 
     return f"torch {torch.__version__} varlen_attn", kernel
 
@@ -263,7 +271,7 @@ def _kernel_backends(device_type: str | None):
         try:
             name, kernel = make()
             _probe(kernel, device_type)
-            yield make, Backend(name, kernel, device_type)
+            yield make, Backend(name, kernel, device_type, softcap=make is _flash_attn)
         # A build against another torch fails in many ways: ImportError/OSError from its .so, a TypeError
         # from a changed signature, a RuntimeError from the call; every one of them means "not this one".
         except Exception as e:
@@ -324,20 +332,25 @@ def current_backend() -> Backend:
 # Attention
 
 
-def _kernel_packed(kernel: Kernel, q, k, v, segments: Segments, scale: float) -> torch.Tensor:
+def _kernel_packed(kernel: Kernel, q, k, v, segments: Segments, scale: float, **window_softcap) -> torch.Tensor:
     # the kernels want (total, heads, D) with the packed tokens along dim 0 and a contiguous last dim
     q, k, v = (x[0].transpose(0, 1).contiguous() for x in (q, k, v))
     cu, m = segments.cu_seqlens, segments.max_seqlen
-    return kernel(q, k, v, cu, cu, m, m, scale).unsqueeze(0)          # (1, T, H, D)
+    extra = {key: value for key, value in window_softcap.items() if value}  # the usual call stays as it was
+    return kernel(q, k, v, cu, cu, m, m, scale, **extra).unsqueeze(0)  # (1, T, H, D)
 
 
-def _sdpa_per_segment(q, k, v, bounds, scale: float) -> torch.Tensor:
+def _sdpa_per_segment(q, k, v, bounds, scale: float, window: int | None = None) -> torch.Tensor:
     gqa = q.shape[1] != k.shape[1]
-    outs = [
-        F.scaled_dot_product_attention(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], is_causal=True,
-                                       scale=scale, enable_gqa=gqa)    # (1, H, l_i, D)
-        for s, e in zip(bounds[:-1], bounds[1:], strict=True)
-    ]
+    outs = []
+    for s, e in zip(bounds[:-1], bounds[1:], strict=True):
+        if window and e - s > window:  # the window bites: a band mask of this sequence only, (l_i, l_i)
+            band = torch.ones(e - s, e - s, dtype=torch.bool, device=q.device).tril().triu(1 - window)
+            outs.append(F.scaled_dot_product_attention(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], attn_mask=band,
+                                                       scale=scale, enable_gqa=gqa))
+        else:
+            outs.append(F.scaled_dot_product_attention(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], is_causal=True,
+                                                       scale=scale, enable_gqa=gqa))  # (1, H, l_i, D)
     return torch.cat(outs, dim=2).transpose(1, 2)                        # (1, T, H, D)
 
 
@@ -375,23 +388,30 @@ def _dense(q, k, v, scale: float, attention_mask=None, past=None) -> torch.Tenso
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
-              layout: Layout | None = None) -> torch.Tensor:
+              layout: Layout | None = None, window: int | None = None, softcap: float | None = None) -> torch.Tensor:
     """Causal attention; block-diagonal over `layout.segments` when given.
 
     q: (B, H, Tq, D); k, v: (B, H_kv, Tk, D) with H % H_kv == 0 (GQA/MQA). Returns (B, Tq, H, D).
+    window, softcap (packed rows only; see the backends above): a ValueError where the backend cannot honour them.
     """
     layout = layout or Layout()
     if layout.segments is None:
+        if softcap or (window and window < k.shape[2]):
+            raise ValueError("a sliding window or softcapping needs a packed row (cu_seqlens), not padded rows")
         return _dense(q, k, v, scale, layout.attention_mask, layout.past)
     if q.shape[0] != 1:
         raise ValueError(f"a packed row has batch size 1, got {q.shape[0]}; concatenate sequences instead.")
     if layout.segments.bounds[-1] != q.shape[2]:
         raise ValueError(f"the segments cover {layout.segments.bounds[-1]} tokens but the row has {q.shape[2]} "
                          "(row_cu_seqlens are for sequence parallelism: longalign.sequence_parallel.enable).")
+    if window and window >= layout.segments.max_seqlen:
+        window = None                      # no sequence is longer than the window: plain causal attention
     backend = current_backend()
+    if softcap and not (backend.takes(q) and backend.softcap):
+        raise ValueError(f"attention softcapping needs flash-attn's kernel, not {backend.name} on {q.dtype} {q.device}")
     if backend.takes(q):
-        return _kernel_packed(backend.kernel, q, k, v, layout.segments, scale)
-    return _sdpa_per_segment(q, k, v, layout.segments.bounds, scale)
+        return _kernel_packed(backend.kernel, q, k, v, layout.segments, scale, window=window, softcap=softcap)
+    return _sdpa_per_segment(q, k, v, layout.segments.bounds, scale, window)
 
 
 def causal_last_queries(q, k, v, scale: float) -> torch.Tensor:

@@ -14,6 +14,8 @@ What the loss is (labels UNSHIFTED, the model shifts; IGNORE_INDEX = -100 is not
                         puts w_t = W / (M * N_i) there for Eq. 2 and 4; docs/training.md)
     without:            mean of CE_t over the target tokens of this call (0 when there are none)
 With `cu_seqlens` the last token of a packed sequence never predicts the first token of the next.
+`softcap` = c (Gemma-2's final_logit_softcapping): the logits are c * tanh(z / c) before the cross-entropy, and the
+gradient carries the factor 1 - tanh^2 (one more (chunk, V) fp32 buffer while it runs).
 
 Precision. The weights must arrive in fp32 (fp64 is accepted and used in fp32): a bf16 or fp16 weight has
 already lost the bits that make Eq. 2-4 exact, so it is refused with an error, never silently used (the HF
@@ -78,10 +80,11 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
     """sum_n w_n * CE(h_n @ W^T, y_n) for N target rows; gradients computed during the forward."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, token_weights, chunk_size: int, need_grad: bool):
+    def forward(ctx, hidden, weight, targets, token_weights, chunk_size: int, need_grad: bool, softcap=None):
         # hidden (N, H), weight (V, H), targets (N,) in [0, V), token_weights (N,) fp32
         n, v = hidden.shape[0], weight.shape[0]
         buf = torch.empty(min(chunk_size, n), v, dtype=torch.float32, device=hidden.device)  # reused
+        slope_buf = torch.empty_like(buf) if softcap and need_grad else None  # d(softcapped)/dz, reused
         loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
         # fp16 has bf16's precision but not its range: the gradients computed here, before the loss scale
         # exists, would underflow to 0 in fp16. Keep them in fp32 (dh computed by an fp32 matmul against an
@@ -102,6 +105,11 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
                 torch.mm(h, weight.t(), out=logits)
             else:
                 logits.copy_(h @ weight.t())                                 # bf16 matmul, fp32 softmax
+            if softcap:  # z -> c * tanh(z / c), keeping 1 - tanh^2 for the gradient
+                logits.div_(softcap).tanh_()
+                if need_grad:
+                    slope = torch.mul(logits, logits, out=slope_buf[: h.shape[0]]).neg_().add_(1)  # (c, V)
+                logits.mul_(softcap)
             # CE = logsumexp(z) - z_y, with the softmax left in the buffer: each pass over the (c, V)
             # buffer costs as much as a small matmul, so there are as few as possible and no temporaries
             target_logit = logits.gather(1, y[:, None]).squeeze(1)          # (c,)
@@ -114,6 +122,8 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             # d(w * CE)/dz = w * (softmax - onehot(y)), written over the buffer in place
             logits.mul_((w / z_sum)[:, None])
             logits.scatter_add_(1, y[:, None], -w[:, None])
+            if softcap:
+                logits.mul_(slope)                                           # back through the tanh
             if fp32_grads:
                 torch.mm(logits, weight_fp32, out=grad_hidden[s:s + chunk_size])  # (c, H), fp32
             else:
@@ -131,26 +141,28 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             grad_hidden, grad_weight = grad_hidden * grad_loss, grad_weight * grad_loss
         # fp16: scaled first (above), cast now; otherwise the dtypes already match and .to() is a no-op
         hidden_dtype, weight_dtype = ctx.dtypes
-        return grad_hidden.to(hidden_dtype), grad_weight.to(weight_dtype), None, None, None, None
+        return grad_hidden.to(hidden_dtype), grad_weight.to(weight_dtype), None, None, None, None, None
 
 
 def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                               token_weights: torch.Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE) -> torch.Tensor:
+                               token_weights: torch.Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                               softcap: float | None = None) -> torch.Tensor:
     """sum_n token_weights[n] * CE(hidden[n] @ weight^T, targets[n]); hidden (N, H), targets (N,)."""
     need_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
-    return _FusedLinearCrossEntropy.apply(hidden, weight, targets, token_weights, chunk_size, need_grad)
+    return _FusedLinearCrossEntropy.apply(hidden, weight, targets, token_weights, chunk_size, need_grad, softcap)
 
 
 def causal_lm_loss(hidden_states: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
                    loss_weights: torch.Tensor | None = None, cu_seqlens: torch.Tensor | None = None,
-                   chunk_size: int = DEFAULT_CHUNK_SIZE) -> torch.Tensor:
+                   chunk_size: int = DEFAULT_CHUNK_SIZE, softcap: float | None = None) -> torch.Tensor:
     """The model's loss from final hidden states (B, T, H) and the output weight (V, H); see the top."""
     targets, weights = shift_targets(labels, loss_weights, cu_seqlens)  # (B, T) each
-    return shifted_lm_loss(hidden_states, weight, targets, weights, chunk_size)
+    return shifted_lm_loss(hidden_states, weight, targets, weights, chunk_size, softcap)
 
 
 def shifted_lm_loss(hidden_states: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                    weights: torch.Tensor | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE) -> torch.Tensor:
+                    weights: torch.Tensor | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                    softcap: float | None = None) -> torch.Tensor:
     """The loss when targets (B, T) and weights are already aligned with the predicting position."""
     rows = (targets != IGNORE_INDEX).reshape(-1).nonzero().squeeze(1)   # (N,) target positions
     hidden = hidden_states.reshape(-1, hidden_states.shape[-1])[rows]   # (N, H) only rows that count
@@ -160,14 +172,14 @@ def shifted_lm_loss(hidden_states: torch.Tensor, weight: torch.Tensor, targets: 
         weights = torch.full((rows.numel(),), 1.0 / max(rows.numel(), 1), device=hidden.device)
     else:
         weights = fp32_weights(weights).reshape(-1)[rows]
-    return fused_linear_cross_entropy(hidden, weight, targets, weights, chunk_size)
+    return fused_linear_cross_entropy(hidden, weight, targets, weights, chunk_size, softcap)
 
 
 class LMHead(nn.Linear):
     """The output layer (`lm_head` / `output_layer`, bias-free), which also computes the loss.
 
     forward(h) -> (None, logits (B, T, V)) as nn.Linear would compute them (only the last
-    `logits_to_keep` positions when that is > 0, as generate() asks); forward(h, labels, ...) or
+    `logits_to_keep` positions when that is > 0, as generate() asks; no softcap there); forward(h, labels, ...) or
     forward(h, shift_labels=...) -> (loss, None): with labels no logits are materialised. The loss lives in this module's forward
     (not the model's) because DeepSpeed ZeRO-3 gathers a module's partitioned weight only while
     that module runs.
@@ -177,13 +189,13 @@ class LMHead(nn.Linear):
         super().__init__(in_features, out_features, bias=False)
 
     def forward(self, hidden_states, labels=None, loss_weights=None, cu_seqlens=None, logits_to_keep: int = 0,
-                shift_labels=None, shift_loss_weights=None):
+                shift_labels=None, shift_loss_weights=None, softcap=None):
         if labels is not None and shift_labels is not None:
             raise ValueError("pass labels (unshifted) or shift_labels (already shifted), not both.")
         if labels is not None:
-            return causal_lm_loss(hidden_states, self.weight, labels, loss_weights, cu_seqlens), None
+            return causal_lm_loss(hidden_states, self.weight, labels, loss_weights, cu_seqlens, softcap=softcap), None
         if shift_labels is not None:
-            return shifted_lm_loss(hidden_states, self.weight, shift_labels, shift_loss_weights), None
+            return shifted_lm_loss(hidden_states, self.weight, shift_labels, shift_loss_weights, softcap=softcap), None
         if logits_to_keep:
             hidden_states = hidden_states[:, -logits_to_keep:]
         return None, super().forward(hidden_states)

@@ -66,13 +66,16 @@ def initialize(sp_size: int):
 # Attention: DeepSpeed's all-to-all around our packed attention
 
 
-def full_row_attention(module, q, k, v, attention_mask, *args, layout: Layout | None = None, **kwargs):
+def full_row_attention(module, q, k, v, attention_mask, *args, layout: Layout | None = None, scale=None, window=None,
+                       softcap=None, **kwargs):
     """The core attention DeepSpeed calls after the first all-to-all: q (B, H/N, T, D), k, v (B, H_kv', T, D)
     -> ((B, T, H/N, D), None). `layout.segments` are the full row's sequences (a pack): block-diagonal.
     Without them, B plain rows (right padding): causal attention is exact for every real token (padding
-    only ever comes after it)."""
+    only ever comes after it). scale: the layer's (default `module.scale`, the model files'); window, softcap:
+    what a transformers family passes (longalign/any_model.py)."""
     segments = layout.segments if layout is not None else None
-    return attention(q, k, v, module.scale, Layout(segments=segments)), None
+    scale = module.scale if scale is None else scale
+    return attention(q, k, v, scale, Layout(segments=segments), window=window, softcap=softcap), None
 
 
 class UlyssesAttention:
@@ -91,25 +94,28 @@ class UlyssesAttention:
             kv_head_count=num_kv_heads, num_hidden_layers=num_layers, process_group=group,
             seq_length_is_variable=True)
 
-    def __call__(self, q, k, v, position_ids, layout: Layout | None = None):
-        """q: (B, H, T/N, D), k, v: (B, H_kv, T/N, D), position_ids (B, T/N) -> (B, T/N, H, D)."""
+    def __call__(self, q, k, v, position_ids, layout: Layout | None = None, **attention_kwargs):
+        """q: (B, H, T/N, D), k, v: (B, H_kv, T/N, D), position_ids (B, T/N) -> (B, T/N, H, D).
+        attention_kwargs (scale, window, softcap) go on to full_row_attention."""
         if position_ids is None:
             raise ValueError("sequence parallelism needs position_ids in every forward (shard_batch adds them).")
         B, _, T, _ = q.shape
         # DeepSpeed wants (B, T, H, D)-contiguous blocks before its all-to-all; it rearranges and copies itself.
         # It hands `layout` (the full row's segments) through to full_row_attention.
         out, _ = self.ulysses(self.layer, q, k, v, None, position_ids=position_ids.expand(B, -1).contiguous(),
-                              layout=layout)
+                              layout=layout, **attention_kwargs)
         return out.view(B, T, self.num_heads, self.head_dim)
 
 
 def attention_layers(model):
-    """The attention modules of a model file (they carry the `sequence_parallel` slot)."""
-    return [m for m in model.modules() if hasattr(m, "sequence_parallel") and hasattr(m, "scale")]
+    """The attention modules of a model file or of a longalign/any_model.py family (they carry the
+    `sequence_parallel` slot)."""
+    return [m for m in model.modules() if hasattr(m, "sequence_parallel") and hasattr(m, "head_dim")]
 
 
 def enable(model, sp_size: int, batch_size: int = 1) -> None:
-    """Wrap every attention layer of `model` (modeling_llama / modeling_chatglm) for a group of `sp_size` ranks.
+    """Wrap every attention layer of `model` (modeling_llama / modeling_chatglm / longalign/any_model.py) for a group of
+    `sp_size` ranks.
 
     Call on every rank after torch.distributed is up; `batch_size` is the rows per forward (1 for a pack).
     """
@@ -121,7 +127,7 @@ def enable(model, sp_size: int, batch_size: int = 1) -> None:
     layers = attention_layers(model)
     if not layers:
         raise ValueError(f"{type(model).__name__} has no attention layer with a `sequence_parallel` slot: "
-                         "sequence parallelism needs modeling_llama.py or modeling_chatglm.py.")
+                         "sequence parallelism needs modeling_llama.py, modeling_chatglm.py or longalign/any_model.py.")
     group = initialize(sp_size)
     for layer in layers:
         layer.sequence_parallel = UlyssesAttention(layer, group, batch_size, num_heads, num_kv_heads,

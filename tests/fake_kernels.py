@@ -61,8 +61,10 @@ def check_inputs(q, k, v, cu_q, cu_k, max_q, max_k, gqa_ok: bool) -> None:
     assert cu_q.shape == cu_k.shape, "as many query sequences as key sequences"
 
 
-def reference(q, k, v, cu_q, cu_k, scale: float, causal: bool) -> torch.Tensor:
-    """Per-sequence SDPA on (total, heads, D) tensors; causal aligned to each sequence's last key."""
+def reference(q, k, v, cu_q, cu_k, scale: float, causal: bool, window: int = -1, softcap: float = 0.0) -> torch.Tensor:
+    """Per-sequence SDPA on (total, heads, D) tensors; causal aligned to each sequence's last key. window >= 0: a
+    query sees at most `window` keys before it (FlashAttention's left window); softcap > 0: scores c * tanh(s / c),
+    both written out by hand (SDPA takes neither)."""
     if RECORD.fault.cross_sequences:
         cu_q, cu_k = (torch.tensor([0, t.shape[0]]) for t in (q, k))
     bq, bk = cu_q.tolist(), cu_k.tolist()
@@ -71,7 +73,18 @@ def reference(q, k, v, cu_q, cu_k, scale: float, causal: bool) -> torch.Tensor:
         qs, ks, vs = (t[b[i]:b[i + 1]].transpose(0, 1)[None] for t, b in ((q, bq), (k, bk), (v, bk)))
         lq, lk = qs.shape[2], ks.shape[2]
         gqa = qs.shape[1] != ks.shape[1]
-        if causal and lq == lk:
+        if window >= 0 or softcap:
+            ks, vs = (t.repeat_interleave(qs.shape[1] // t.shape[1], dim=1) for t in (ks, vs))
+            scores = qs @ ks.transpose(-1, -2) * scale                           # (1, H, lq, lk)
+            if softcap:
+                scores = softcap * torch.tanh(scores / softcap)
+            i = torch.arange(lq, device=q.device)[:, None] + (lk - lq)         # each query's own key index
+            j = torch.arange(lk, device=q.device)[None, :]
+            seen = (j <= i) if causal else torch.ones_like(j <= i)
+            if window >= 0:
+                seen = seen & (i - j <= window)
+            o = scores.masked_fill(~seen, float("-inf")).softmax(-1).to(vs.dtype) @ vs
+        elif causal and lq == lk:
             o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale, enable_gqa=gqa)
         else:
             mask = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(lk - lq) if causal else None
@@ -87,22 +100,25 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     check_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, gqa_ok=True)
     assert causal is True, "the packed attention of a causal LM must pass causal=True"
     assert isinstance(softmax_scale, float), "pass the model's softmax_scale explicitly"
-    assert dropout_p == 0.0 and tuple(window_size) == (-1, -1) and softcap == 0.0 and alibi_slopes is None
+    assert dropout_p == 0.0 and alibi_slopes is None and isinstance(softcap, float) and softcap >= 0.0
+    assert tuple(window_size) == (-1, -1) or (window_size[0] >= 0 and window_size[1] == 0), window_size
     assert not return_attn_probs and block_table is None
     RECORD.calls += 1
     return reference(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale * RECORD.fault.scale_factor,
-                     RECORD.fault.causal)
+                     RECORD.fault.causal, window_size[0], softcap)
 
 
 def varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
                 window_size=(-1, -1), enable_gqa=False, seqused_k=None, block_table=None, num_splits=None):
     """torch 2.13's signature; causal is window_size == (-1, 0), compared as a TUPLE (a list is not causal)."""
     check_inputs(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, gqa_ok=enable_gqa)
-    assert window_size == (-1, 0), f"causal attention is window_size=(-1, 0) as a tuple, got {window_size!r}"
+    assert type(window_size) is tuple and window_size[1] == 0 and window_size[0] >= -1, (
+        f"causal attention is window_size=(-1, 0) or (w - 1, 0) as a tuple, got {window_size!r}")
     assert isinstance(scale, float), "pass the model's softmax scale explicitly"
     assert return_aux is None and seqused_k is None and block_table is None
     RECORD.calls += 1
-    return reference(query, key, value, cu_seq_q, cu_seq_k, scale * RECORD.fault.scale_factor, RECORD.fault.causal)
+    return reference(query, key, value, cu_seq_q, cu_seq_k, scale * RECORD.fault.scale_factor, RECORD.fault.causal,
+                     window_size[0])
 
 
 def varlen_attn_without_gqa(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,

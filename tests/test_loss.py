@@ -157,3 +157,22 @@ def test_fp16_gradients_survive_loss_scaling():
         # one fp16 rounding of the result is 2^-11 = 4.9e-4 at most per element; a scaled true value below
         # fp16's smallest subnormal (6e-8) still becomes 0, as in autograd: a few in 10^4 elements, not 28 %
         assert err_fused <= min(err_autograd, 4.9e-4) and zeros_fused <= 1e-3
+
+
+def test_final_logit_softcapping_over_several_chunks(batch):
+    """Gemma-2's c * tanh(z / c) inside the fused loss == autograd through capped full logits, chunk after chunk
+    (the slope buffer is reused); without the cap it is another loss."""
+    hidden, weight, labels, loss_weights = batch
+    c = 2.0
+    targets, w = shift_targets(labels, loss_weights)
+    keep = targets != IGNORE_INDEX
+    z = hidden.double() @ weight.double().t()
+    ce = F.cross_entropy((c * torch.tanh(z / c))[keep], targets[keep], reduction="none")
+    ref = (w[keep].double() * ce).sum()
+    fused = causal_lm_loss(hidden, weight, labels, loss_weights, chunk_size=5, softcap=c)
+    for a, b in zip(grads(fused, hidden, weight), grads(ref, hidden, weight), strict=True):
+        assert (a.double() - b).abs().max() <= 1e-5 * b.abs().max()
+    fused, ref = float(fused.detach()), float(ref.detach())
+    assert abs(fused - ref) <= 1e-6 * ref
+    with torch.no_grad():
+        assert abs(float(causal_lm_loss(hidden, weight, labels, loss_weights)) - ref) > 1e-2 * ref

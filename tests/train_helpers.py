@@ -69,14 +69,15 @@ def rel(a: dict, b: dict, figure: str | None = None) -> float:
 
 
 def reference_sgd_delta(model_dir: Path, store_dir: Path, ids=None, reduction="sequence") -> dict[str, torch.Tensor]:
-    """-grad of Eq. 2 (or the token mean) over the given sequences, with transformers' LlamaForCausalLM and
-    one sequence per forward: the brute-force reference of one SGD step with lr 1."""
-    from transformers import LlamaForCausalLM
+    """-grad of Eq. 2 (or the token mean) over the given sequences, with transformers' own class of the model
+    (LlamaForCausalLM, Qwen3ForCausalLM, ...) and one sequence per forward: the brute-force reference of one SGD
+    step with lr 1."""
+    from transformers import AutoModelForCausalLM
 
     from longalign.store import TokenizedStore
 
     store = TokenizedStore(store_dir)
-    model = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     ids = [i for i in (range(len(store)) if ids is None else ids) if store.num_target_tokens[i] > 0]
     total_targets = int(sum(store.num_target_tokens[i] for i in ids))
     model.zero_grad()
