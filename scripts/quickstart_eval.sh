@@ -11,8 +11,14 @@
 #   MT-Bench        synthetic two-turn questions in FastChat's format (tools/synthetic_mt_bench.py); judge: the
 #                   fault server, whose ratings are PLANNED by markers in the questions: the column checks the
 #                   plumbing (two turns, prompts, judge, files), not the model
-#   Needle          20 cells of 500-2,000 tokens (Needle_test/config-quickstart-prompt.yaml), match scorer: 10 if
+#   ARC, HellaSwag, synthetic cases in the hub datasets' fields (tools/synthetic_general.py: 2 per task, MMLU's
+#   TruthfulQA,     subjects anatomy and world_religions), through lm-evaluation-harness's own tasks with the Open
+#   MMLU            LLM Leaderboard's shots (25 / 10 / 0 / 5), scored from the model's log-likelihoods
+#   Needle          9 cells of 250-1,000 tokens (Needle_test/config-quickstart-prompt.yaml), match scorer: 10 if
 #                   the answer has "45 seconds", else 1
+#
+# Greedy answers are decoded 8 at a time (--batch_size 8: the same answers up to float rounding, a CPU decodes a
+# batch in about the time of one answer); the Needle's 9 prompts in one batch.
 #
 # One local server on 127.0.0.1 (tools/fault_server.py) judges everything: a prompt with a marker gets its
 # planned rating, any other the rubric judge's.
@@ -27,6 +33,7 @@ OUT=$RUN/eval
 
 python -m tools.synthetic_longbench --output_dir "$DATA/longbench" --num_cases 1 --context_words 200
 python -m tools.synthetic_mt_bench --output_dir "$DATA/mt_bench" --num_questions 8
+python -m tools.synthetic_general --output_dir "$DATA/general"
 
 mkdir -p "$OUT"
 port=$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -45,11 +52,12 @@ table() {
   rm -rf "${OUT:?}/$1"  # resumable by design; start clean so that every quickstart measures its own models
   OPENAI_API_KEY=local python scripts/eval_all.py --model_name_or_path "$2" --output_dir "$OUT/$1" --in_process true \
     --max_length 4096 --judge_base_url "http://127.0.0.1:$port/v1" --judge_model fault-server-not-gpt4 \
-    --lbc_data_dir "$DATA/lbc" --lbc_args "--max_new_tokens 64 --temperature 0 --judge_runs 1" \
-    --longbench_data_dir "$DATA/longbench" --longbench_args "--max_new_tokens_cap 32" \
-    --mt_bench_dir "$DATA/mt_bench" --mt_bench_args "--max_new_tokens 32" \
+    --lbc_data_dir "$DATA/lbc" --lbc_args "--max_new_tokens 48 --temperature 0 --judge_runs 1 --batch_size 8" \
+    --longbench_data_dir "$DATA/longbench" --longbench_args "--max_new_tokens_cap 32 --batch_size 8" \
+    --mt_bench_dir "$DATA/mt_bench" --mt_bench_args "--max_new_tokens 16" \
+    --general_data_dir "$DATA/general" --general_args "--mmlu_subjects anatomy,world_religions" \
     --haystack_dir "$DATA/haystack" --needle_prompt_args "--config Needle_test/config-quickstart-prompt.yaml" \
-    --needle_pred_args "--max_new_tokens 24" --needle_eval_args "--scorer match --key_phrase '45 seconds'"
+    --needle_pred_args "--max_new_tokens 24 --batch_size 9" --needle_eval_args "--scorer match --key_phrase '45 seconds'"
 }
 
 table base "$BASE"

@@ -18,14 +18,21 @@ stamp="$VENV/.installed-${want:0:16}"
 if [ ! -f "$stamp" ]; then
   echo "[setup] installing ${reqs[*]##*/} (first run: a few minutes)"
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
+  # --no-compile: pip would byte-compile every module of every package (70 of the 120 s of a fresh install here);
+  # the modules the scripts import are compiled below, in one import.
   # torch first, by its exact pin: a bare or ranged torch pulled in by another package could
   # otherwise fetch a multi-GB CUDA build on a machine that only needs the CPU one.
-  "$VENV/bin/python" -m pip install --quiet "$(grep -E '^torch==' "$ROOT/requirements.txt")"
+  "$VENV/bin/python" -m pip install --quiet --no-compile "$(grep -E '^torch==' "$ROOT/requirements.txt")"
   pip_args=()
   for r in "${reqs[@]}"; do pip_args+=(-r "$r"); done
-  "$VENV/bin/python" -m pip install --quiet "${pip_args[@]}"
+  "$VENV/bin/python" -m pip install --quiet --no-compile "${pip_args[@]}"
   # the repository itself, editable (pyproject.toml): `longalign` and the root modules import from any directory
   "$VENV/bin/python" -m pip install --quiet --no-deps -e "$ROOT"
+  # Byte-compile what the scripts import (~30 s, once), so no later process compiles it again: without this
+  # every script would pay ~10 s of compiling where PYTHONDONTWRITEBYTECODE is set (it is lifted for this import).
+  env -u PYTHONDONTWRITEBYTECODE "$VENV/bin/python" -c "import torch, transformers, datasets, accelerate, lm_eval, \
+openai, gguf, sentencepiece, matplotlib.pyplot, lm_eval.evaluator, lm_eval.tasks, lm_eval.models.huggingface; \
+from transformers import AutoTokenizer, AutoModelForCausalLM, LlamaForCausalLM, Trainer, TrainingArguments" 2>/dev/null
   touch "$stamp"  # only after every install succeeded
 else
   echo "[setup] $VENV is up to date"
