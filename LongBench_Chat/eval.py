@@ -158,6 +158,8 @@ def predict(args: Args, cases: list[dict], table: JsonlTable) -> int:
     # In-process: --batch_size cases at a time (one padded batch when greedy); a server takes --concurrency
     # requests at once.
     size, workers = (1, args.concurrency) if args.gen_base_url else (args.batch_size, 1)
+    if size > 1:  # a batch is padded to its longest prompt: batch cases of similar length
+        todo = sorted(todo, key=lambda c: len(c["prompt"]))
     batches = [todo[i:i + size] for i in range(0, len(todo), size)]
     import openai
 

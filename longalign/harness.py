@@ -28,6 +28,7 @@ lm-eval would otherwise do differently from LongBench's pred.py:
 """
 
 import hashlib
+import itertools
 import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -213,18 +214,17 @@ class LongBenchLM(LM):
         return max_new, kwargs["until"], text, n_tokens, truncated
 
     def answer(self, batch: list) -> list[dict]:
-        """Requests of one answer length -> their rows for the table (truncate, chat format, greedy; in-process
-        one padded batch, Generator.generate_batch)."""
+        """[(request, prepare(request))] of one answer length -> their rows for the table (greedy; in-process one
+        padded batch, Generator.generate_batch)."""
         from lm_eval.models.utils import postprocess_generated_text
 
-        prepared = [self.prepare(r) for r in batch]
-        outs = self.gen.generate_batch([[{"role": "user", "content": text}] for _, _, text, _, _ in prepared],
-                                       max_new_tokens=prepared[0][0], temperature=0.0)
+        outs = self.gen.generate_batch([[{"role": "user", "content": text}] for _, (_, _, text, _, _) in batch],
+                                       max_new_tokens=batch[0][1][0], temperature=0.0)
         return [{"task": r.task_name, "doc_id": r.doc_id, "prompt_sha": prompt_sha(r.args[0]), "_id": r.doc.get("_id"),
                  "prediction": postprocess_generated_text(out["text"], until, None), "input_tokens": n_tokens,
                  "truncated": truncated, "prompt_tokens": out["prompt_tokens"], "max_new_tokens": max_new,
                  "template": self.gen.template}
-                for r, (max_new, until, _, n_tokens, truncated), out in zip(batch, prepared, outs, strict=True)]
+                for (r, (max_new, until, _, n_tokens, truncated)), out in zip(batch, outs, strict=True)]
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         keys = [self.key(r.task_name, r.doc_id, r.args[0]) for r in requests]
@@ -232,13 +232,13 @@ class LongBenchLM(LM):
         self.cached += len(requests) - len(todo)
         print(f"predictions: {len(requests) - len(todo)} cached, {len(todo)} to generate -> {self.table.path}")
         if todo:
-            # in-process: batch_size requests of one answer length at a time; a server takes `concurrency`
-            # requests at once
-            by_length: dict[int, list] = {}
-            for r in todo:
-                by_length.setdefault(self.prepare(r)[0], []).append(r)
-            batches = [same[i:i + self.batch_size] for same in by_length.values()
-                       for i in range(0, len(same), self.batch_size)]
+            # in-process: batch_size requests of one answer length and similar prompt lengths at a time (a batch
+            # is padded to its longest prompt); a server takes `concurrency` requests at once
+            prepared = sorted(((r, self.prepare(r)) for r in todo), key=lambda x: (x[1][0], x[1][3]))
+            batches = []
+            for _, same in itertools.groupby(prepared, key=lambda x: x[1][0]):
+                same = list(same)
+                batches += [same[i:i + self.batch_size] for i in range(0, len(same), self.batch_size)]
             with ThreadPoolExecutor(self.concurrency) as pool, \
                     tqdm(total=len(todo), desc="generate", disable=disable_tqdm) as bar:
                 for rows in pool.map(self.answer, batches):

@@ -67,6 +67,7 @@ stage eval scripts/eval_all.py \
 
 # heatmaps: RUN_DIR/needle_{base,trained}.png from each model's Needle scores
 heatmaps() {
+  local name  # stage() prints its own $name in the summary: this loop must not overwrite it
   for name in base trained; do
     local f=$RUN/eval/$name/needle/scores.jsonl
     if [ -f "$f" ]; then

@@ -17,8 +17,9 @@
 #   Needle          9 cells of 250-1,000 tokens (Needle_test/config-quickstart-prompt.yaml), match scorer: 10 if
 #                   the answer has "45 seconds", else 1
 #
-# Greedy answers are decoded 8 at a time (--batch_size 8: the same answers up to float rounding, a CPU decodes a
-# batch in about the time of one answer); the Needle's 9 prompts in one batch.
+# Greedy answers are decoded several at a time (--batch_size: the same answers up to float rounding; a CPU decodes
+# a batch in about the time of one answer, but reads every padding token of it, so prompts of similar length go
+# together: the Needle's 3 prompts of each length, LongBench-Chat's cases sorted by length, 4 at a time).
 #
 # One local server on 127.0.0.1 (tools/fault_server.py) judges everything: a prompt with a marker gets its
 # planned rating, any other the rubric judge's.
@@ -52,12 +53,12 @@ table() {
   rm -rf "${OUT:?}/$1"  # resumable by design; start clean so that every quickstart measures its own models
   OPENAI_API_KEY=local python scripts/eval_all.py --model_name_or_path "$2" --output_dir "$OUT/$1" --in_process true \
     --max_length 4096 --judge_base_url "http://127.0.0.1:$port/v1" --judge_model fault-server-not-gpt4 \
-    --lbc_data_dir "$DATA/lbc" --lbc_args "--max_new_tokens 48 --temperature 0 --judge_runs 1 --batch_size 8" \
+    --lbc_data_dir "$DATA/lbc" --lbc_args "--max_new_tokens 48 --temperature 0 --judge_runs 1 --batch_size 4" \
     --longbench_data_dir "$DATA/longbench" --longbench_args "--max_new_tokens_cap 32 --batch_size 8" \
     --mt_bench_dir "$DATA/mt_bench" --mt_bench_args "--max_new_tokens 16" \
     --general_data_dir "$DATA/general" --general_args "--mmlu_subjects anatomy,world_religions" \
     --haystack_dir "$DATA/haystack" --needle_prompt_args "--config Needle_test/config-quickstart-prompt.yaml" \
-    --needle_pred_args "--max_new_tokens 24 --batch_size 9" --needle_eval_args "--scorer match --key_phrase '45 seconds'"
+    --needle_pred_args "--max_new_tokens 24 --batch_size 3" --needle_eval_args "--scorer match --key_phrase '45 seconds'"
 }
 
 table base "$BASE"
