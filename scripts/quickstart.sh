@@ -65,16 +65,21 @@ stage train train.py \
 stage eval scripts/eval_all.py \
   bash scripts/quickstart_eval.sh "$RUN"
 
-# heatmaps: RUN_DIR/needle_{base,trained}.png from each model's Needle scores
+# heatmaps: RUN_DIR/needle_{base,trained}.png from each model's Needle scores (the two side by side: each is
+# mostly the start of matplotlib, one per core)
 heatmaps() {
   local name  # stage() prints its own $name in the summary: this loop must not overwrite it
+  local pids=()
   for name in base trained; do
     local f=$RUN/eval/$name/needle/scores.jsonl
     if [ -f "$f" ]; then
       python Needle_test/vis.py --scores_file "$f" --output_file "$RUN/needle_$name.png" \
-        --title "Needle test, SmolLM2-135M-Instruct ($name)"
+        --title "Needle test, SmolLM2-135M-Instruct ($name)" &
+      pids+=($!)
     fi
   done
+  local pid
+  for pid in "${pids[@]}"; do wait "$pid"; done  # each one's failure stops the quickstart (set -e)
 }
 stage heatmap Needle_test/vis.py heatmaps
 
