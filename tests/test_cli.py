@@ -34,6 +34,7 @@ SCRIPTS = {
     "bench/bench_tokenize.py": ("--repets", "--repeats"),
     "bench/bench_host_syncs.py": ("--tre", "--tree"),
     "bench/bench_gpu.py": ("--time_budjet", "--time_budget"),
+    "bench/bench_generation.py": ("--num_prompt", "--num_prompts"),
     "-m longalign.tokenization": ("--kidn", "--kind"),
     "tools/synthetic.py": ("--num_lng", "--num_long"),
     "tools/demo_data.py": ("--num_lbcs", "--num_lbc"),
