@@ -28,6 +28,8 @@ from longalign.scriptargs import UserError
 from longalign.tokenization import load_tokenizer
 
 TEMPLATES = ("auto", "chat_template", "llama", "chatglm", "none")
+# greedy decoding: the sampling filters do not apply, and None keeps generate() from warning about the checkpoint's
+GREEDY = {"temperature": None, "top_p": None, "top_k": None}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,13 +185,18 @@ class Generator:
         # Sampling as FastChat's llm_judge samples: only do_sample and the temperature are passed, so the
         # checkpoint's generation_config (its top_p, if any) and transformers' defaults (top_k = 50) filter the
         # vocabulary. Greedy: the filters do not apply, and passing None keeps generate from warning about them.
-        sampling = {"temperature": temperature} if temperature > 0 else {"temperature": None, "top_p": None, "top_k": None}
+        sampling = {"temperature": temperature} if temperature > 0 else GREEDY
         with torch.no_grad():
             out = self.model.generate(
                 input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                 do_sample=temperature > 0, **sampling,
-                pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id, streamer=streamer)
+                pad_token_id=self.pad_id, streamer=streamer)
         return {"text": self.tokenizer.decode(out[0, n:], skip_special_tokens=True).strip(), "prompt_tokens": n}
+
+    @property
+    def pad_id(self) -> int:
+        """What generate() pads with (a finished row of a batch too): the pad token, else EOS."""
+        return self.tokenizer.pad_token_id or self.tokenizer.eos_token_id
 
     def generate_batch(self, conversations: list[list[dict]], max_new_tokens: int | None = None,
                        temperature: float | None = None) -> list[dict]:
@@ -205,17 +212,15 @@ class Generator:
 
         max_new_tokens = self.max_new_tokens if max_new_tokens is None else max_new_tokens
         rows = [prompt_ids(m, self.template, self.tokenizer) for m in conversations]
-        pad_id = self.tokenizer.pad_token_id or self.tokenizer.eos_token_id
         T = max(map(len, rows))
-        ids = torch.full((len(rows), T), pad_id, dtype=torch.long)                  # (B, T), padded on the left
+        ids = torch.full((len(rows), T), self.pad_id, dtype=torch.long)                  # (B, T), padded on the left
         mask = torch.zeros_like(ids)
         for i, row in enumerate(rows):
             ids[i, T - len(row):], mask[i, T - len(row):] = torch.tensor(row), 1
         with torch.no_grad():  # generate() counts positions from the mask: each row starts at position 0
             out = self.model.generate(
                 input_ids=ids.to(self.model.device), attention_mask=mask.to(self.model.device),
-                max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None, top_k=None,
-                pad_token_id=pad_id)
+                max_new_tokens=max_new_tokens, do_sample=False, **GREEDY, pad_token_id=self.pad_id)
         eos = self.model.generation_config.eos_token_id
         eos = set(eos if isinstance(eos, list) else [eos]) - {None}
         answers = []
