@@ -346,6 +346,8 @@ def build_table(args: Args, out: Path, runs: dict[str, list[dict]], base: dict |
         f"\n\nThe paper, {paper_table} (GPT-4 judge; its LongBench columns are GPT-4 ratings, ours LongBench's "
         "metrics; – is a value not recorded in this repository):\n\n"
         + "\n".join(["| " + " | ".join(paper_header) + " |", "|" + "---|" * len(paper_header), *paper_lines]))
+    md += "\n\nThe paper's findings, in these rows (the rule: scripts/reproduce.py `verdict`):\n\n" + "\n".join(
+        findings(args.table, rows))
     if miniature:
         md += ("\n\n*Short chat: the miniature's stand-in for MT-Bench (held-out short documents, every fact of one "
                "shape asked, rubric judge). All columns are offline stand-ins (docs/reproduction.md), not the paper's "
@@ -356,6 +358,51 @@ def build_table(args: Args, out: Path, runs: dict[str, list[dict]], base: dict |
     (out / f"table{args.table}.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
     (out / f"table{args.table}.md").write_text(md + "\n", encoding="utf-8")
     return {"markdown": md, **result}
+
+
+# The paper's findings, as comparisons of two rows on one column: (finding, row a, row b, column, kind). "gain":
+# the paper finds a above b; "keep": a not below b (the faster method, or the added long data, costs nothing).
+FINDINGS = {
+    3: [("sorted batching keeps quality (Table 3)", "sort", "naive", ("lbc", "needle", "short_chat"), "keep"),
+        ("packing + loss weighting keeps quality (Table 3)", "pack_loss", "naive", ("lbc", "needle", "short_chat"), "keep"),
+        ("loss weighting helps packing on long tasks (section 3.2, Table 3)", "pack_loss", "pack", ("lbc", "needle"), "gain"),
+        ("sorted batching trains faster than naive (Figure 5)", "naive", "sort", ("train_seconds",), "gain"),
+        ("packing trains faster than naive (Figure 5)", "naive", "pack_loss", ("train_seconds",), "gain")],
+    2: [("more long data lifts the long tasks (Table 2)", "5k", "0k", ("lbc", "needle"), "gain"),
+        ("more long data lifts the long tasks (Table 2)", "10k", "0k", ("lbc", "needle"), "gain"),
+        ("without hurting the short tasks (Table 2)", "5k", "0k", ("short_chat",), "keep"),
+        ("without hurting the short tasks (Table 2)", "10k", "0k", ("short_chat",), "keep")],
+}
+
+
+def verdict(a: list, b: list, kind: str) -> tuple[float | None, float | None, str]:
+    """(difference of the means a - b, twice its standard error, the verdict). The difference counts when it is
+    beyond 2 standard errors (sqrt(sd_a^2 / n_a + sd_b^2 / n_b)); with one seed on either side nothing counts."""
+    (ma, sa), (mb, sb) = mean_sd(a), mean_sd(b)
+    if ma is None or mb is None:
+        return None, None, "not run"
+    diff = ma - mb
+    if sa is None or sb is None:
+        return diff, None, "cannot tell (one seed)"
+    se2 = 2 * (sa ** 2 / len(a) + sb ** 2 / len(b)) ** 0.5
+    if kind == "gain":
+        return diff, se2, "reproduces" if diff > se2 else "the opposite" if diff < -se2 else "cannot tell"
+    return diff, se2, "does not: lower" if diff < -se2 else "reproduces: higher" if diff > se2 else "reproduces: no drop beyond 2 SE"
+
+
+def findings(table: int, rows: dict) -> list[str]:
+    """One line per finding and column whose two rows ran."""
+    lines = []
+    for text, a, b, keys, kind in FINDINGS[table]:
+        if a not in rows or b not in rows:
+            continue
+        for key in keys:
+            values = [[s[key] if key == "train_seconds" else s["scores"].get(key) for s in rows[r]["seeds"]] for r in (a, b)]
+            diff, se2, says = verdict(*values, kind)
+            if diff is not None:
+                spread = "" if se2 is None else f", 2 SE = {se2:.2f}"
+                lines.append(f"- {text}: {key}, {a} - {b} = {diff:+.2f}{spread}: **{says}**")
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------
