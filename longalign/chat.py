@@ -36,7 +36,6 @@ answer; one that writes no end-of-turn marker (GLM-4), or whose answer does not 
 refused (docs/models.md, "Chat templates").
 """
 
-import os
 from collections.abc import Sequence
 
 IGNORE_INDEX = -100
@@ -146,29 +145,39 @@ def _template_answers(messages: list[dict], tokenizer) -> list[tuple[str, str, s
     ending with the answer must start with it (else ValueError: the template writes an answer somewhere its
     generation prompt does not lead to). The answer text is what follows the prompt up to the end of the turn:
     the answer's content and the end-of-turn marker that the template writes after it whatever comes next,
-    found by rendering one more user turn after it (e.g. `4821.<|im_end|>`, `4821.<|end|>`; not the newline
-    after it, nor an EOS that only the end of a conversation gets)."""
+    found where a user turn follows it (the next answer's prompt; after the last answer, a probe turn): e.g.
+    `4821.<|im_end|>`, `4821.<|end|>`, not the newline after it nor an EOS that only a conversation's end gets.
+    2n + 1 renderings for n answers."""
+    turns = [k for k, m in enumerate(messages) if m["role"] == "assistant"]
+    prompts = [_render(tokenizer, messages[:k], True) for k in turns]
     out, specials = [], set(tokenizer.get_added_vocab())
-    for k, m in enumerate(messages):
-        if m["role"] != "assistant":
-            continue
-        prompt = _render(tokenizer, messages[:k], True)
-        alone = _render(tokenizer, messages[:k + 1], False)
-        later = _render(tokenizer, messages[:k + 1] + [PROBE], False)
-        content, rest = m["content"].strip(), alone[len(prompt):]
-        at, there = rest.find(content), later.rfind(content)  # (the answer is the last assistant turn of both)
+    for i, k in enumerate(turns):
+        prompt, alone = prompts[i], _render(tokenizer, messages[:k + 1], False)
+        # the same answer with a user turn after it: the next answer's prompt, or the conversation and a probe turn
+        later = prompts[i + 1] if i + 1 < len(turns) else _render(tokenizer, messages[:k + 1] + [PROBE], False)
+        content, rest = messages[k]["content"].strip(), alone[len(prompt):]
+        at, there = rest.find(content), later.find(content, _common(prompt, later))
         if not alone.startswith(prompt) or not content or at < 0 or there < 0:
             raise ValueError("the tokenizer's chat template does not write an answer right after its generation "
                              "prompt, so answers cannot be located; use --template chatglm or llama")
         end = at + len(content)
         after = rest[end:]
-        stop = _whole_tokens(after, len(os.path.commonprefix([after, later[there + len(content):]])), specials)
+        stop = _whole_tokens(after, _common(after, later[there + len(content):]), specials)
         if not after[:stop].strip():
             raise ValueError("the tokenizer's chat template writes no end-of-turn marker after an answer (GLM-4 "
                              "ends one with the next turn's <|user|>), so the model would not learn to stop; use "
                              "--template chatglm or llama")
         out.append((prompt, rest[:end + stop].rstrip(), alone))
     return out
+
+
+def _common(a: str, b: str) -> int:
+    """The length of the common prefix of a and b (a binary search of C-speed comparisons)."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if a[:mid] == b[:mid] else (lo, mid - 1)
+    return lo
 
 
 def _whole_tokens(text: str, n: int, specials: set[str]) -> int:
