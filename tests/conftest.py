@@ -45,14 +45,15 @@ def tiny_llama_dir(fixtures_dir, tokenizer) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_qwen3_dir(fixtures_dir, tokenizer_dir) -> Path:
-    """A random 2-layer Qwen3 (transformers' own class: load_model serves it through longalign/any_model.py) saved
+    """A random 2-layer Qwen3, hidden 32 (transformers' own class: load_model serves it through longalign/any_model.py) saved
     with the test tokenizer carrying a Qwen3-style thinking chat template (tools/synthetic.py). Untied: the tied one
     (seeds 0-3) answered nothing here (empty once decoded and stripped)."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     tok.chat_template = synthetic.THINKING_CHAT_TEMPLATE
-    return synthetic.build_tiny_model(fixtures_dir / "tiny-qwen3", tok, "qwen3", tie_word_embeddings=False)
+    return synthetic.build_tiny_model(fixtures_dir / "tiny-qwen3", tok, "qwen3", hidden_size=32, intermediate_size=64,
+                                      head_dim=8, tie_word_embeddings=False)
 
 
 @pytest.fixture(scope="session")
