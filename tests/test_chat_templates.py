@@ -190,6 +190,21 @@ def test_pre_tokenize_writes_one_sequence_per_answer_where_the_template_needs_it
     tok = AutoTokenizer.from_pretrained(tmp_path / "tok")
     assert got == sorted((tuple(i), tuple(lab)) for i, lab in chat.encode_conversations(convs, "chat_template", tok))
 
+    # over-long: each sequence of a split conversation is cut in the middle of its long user turn, not of the turns
+    # around it (its context is cut into pieces around the user turns), and both answers survive
+    long = [dict(TURNS[0], content="The report is long. " * 80 + TURNS[0]["content"])] + TURNS[1:]
+    (tmp_path / "long.jsonl").write_text(json.dumps({"messages": long}) + "\n")
+    meta = pre_tokenize.main(["--model_name_or_path", str(tmp_path / "tok"), "--datanum", "0k", "--short_file",
+                              str(tmp_path / "long.jsonl"), "--output_dir", str(tmp_path / "cut"), "--max_length", "160"])
+    assert (meta["kept"], meta["truncated"], meta["num_sequences"]) == (1, 1, 2)
+    store = TokenizedStore(tmp_path / "cut")
+    for i, answer in enumerate(m["content"] for m in TURNS if m["role"] == "assistant"):
+        ids, labels = list(store[i]["input_ids"]), list(store[i]["labels"])
+        assert len(ids) <= 160 and [tok.decode(span) for _, span in targets(ids, labels)] == [answer + "</s>"]
+        text = tok.decode(ids)
+        assert text.startswith("<|user|>\nThe report is long.") and text.count("<|assistant|>\n") == i + 1
+        assert "And of Stou?" in text or i == 0
+
 
 @pytest.mark.parametrize("family", REAL)
 def test_real_templates(tokenizer_dir, real_templates, family):
