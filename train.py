@@ -21,6 +21,7 @@ Outputs (in --output_dir):
     checkpoint-N/         written atomically (staged, then renamed); re-running the same command resumes
                           from the last one, --resume_from_checkpoint picks one
     model.safetensors + config.json + tokenizer   the final model, consolidated also under ZeRO-3
+    train_results.json    the Trainer's final metrics (train_runtime in seconds, train_loss, ...)
     one line per logged step on stdout: "[train] step S/T loss .. lr .. seqs .. target_tokens .. tokens/s ..",
     then "[train] summary: train_runtime .." and "[train] done: ..."; the progress bar (stderr) stays below them
 
@@ -424,6 +425,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, args: TrainingArgu
 
     # 4. the final model, consolidated (ZeRO-3 gathers it: stage3_gather_16bit_weights_on_model_save)
     trainer.save_model(args.output_dir)
+    trainer.save_metrics("train", result.metrics)  # train_results.json: train_runtime, ... (scripts/reproduce.py)
     if args.should_save:
         save_tokenizer(model_args, store, args.output_dir)
         print(f"[train] done: {result.global_step} steps, train loss {result.training_loss:.4f}, model -> "

@@ -9,6 +9,9 @@
 #              states its K (= GPUs x 1, the plan's --group_size) and accumulation
 #
 # Flags equal to train.py/transformers defaults are left out (adam_beta1 0.9, weight_decay 0, ...).
+# A launcher's own arguments go last and win over its flags (the last of a repeated flag counts):
+#   bash scripts/train_chatglm3_6b_sort.sh --train_dir runs/t3/data/10k --output_dir runs/t3/sort --seed 1
+# is how scripts/reproduce.py runs each row of Tables 2 and 3.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

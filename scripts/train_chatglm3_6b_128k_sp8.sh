@@ -18,4 +18,4 @@ source "$(dirname "$0")/paper_setup.sh"
 "${LAUNCH[@]}" train.py "${PAPER_ARGS[@]}" \
   --model_name_or_path THUDM/chatglm3-6b-128k --train_file data/chatglm3-128k/10k \
   --batch_method pack --pack_loss --max_length 131072 --sequence_parallel_size 8 \
-  --gradient_accumulation_steps 8 --output_dir output/chatglm3-6b-128k-pack-loss-sp8
+  --gradient_accumulation_steps 8 --output_dir output/chatglm3-6b-128k-pack-loss-sp8 "$@"

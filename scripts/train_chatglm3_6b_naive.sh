@@ -6,4 +6,4 @@
 source "$(dirname "$0")/paper_setup.sh"
 "${LAUNCH[@]}" train.py "${PAPER_ARGS[@]}" \
   --model_name_or_path THUDM/LongAlign-6B-64k-base --train_file data/chatglm/10k \
-  --gradient_accumulation_steps 12 --output_dir output/chatglm3-6b-64k-naive
+  --gradient_accumulation_steps 12 --output_dir output/chatglm3-6b-64k-naive "$@"

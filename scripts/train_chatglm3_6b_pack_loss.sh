@@ -7,4 +7,4 @@
 source "$(dirname "$0")/paper_setup.sh"
 "${LAUNCH[@]}" train.py "${PAPER_ARGS[@]}" \
   --model_name_or_path THUDM/LongAlign-6B-64k-base --train_file data/chatglm/10k \
-  --batch_method pack --pack_loss --output_dir output/chatglm3-6b-64k-pack-loss
+  --batch_method pack --pack_loss --output_dir output/chatglm3-6b-64k-pack-loss "$@"

@@ -5,4 +5,4 @@
 source "$(dirname "$0")/paper_setup.sh"
 "${LAUNCH[@]}" train.py "${PAPER_ARGS[@]}" \
   --model_name_or_path THUDM/LongAlign-13B-64k-base --train_file data/llama/10k \
-  --gradient_accumulation_steps 12 --output_dir output/llama2-13b-64k-naive
+  --gradient_accumulation_steps 12 --output_dir output/llama2-13b-64k-naive "$@"

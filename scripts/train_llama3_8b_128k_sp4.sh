@@ -18,4 +18,4 @@ source "$(dirname "$0")/paper_setup.sh"
 "${LAUNCH[@]}" train.py "${PAPER_ARGS[@]}" \
   --model_name_or_path meta-llama/Llama-3.1-8B-Instruct --train_file data/llama3-128k/10k \
   --batch_method pack --pack_loss --max_length 131072 --sequence_parallel_size 4 \
-  --gradient_accumulation_steps 4 --output_dir output/llama3-8b-128k-pack-loss-sp4
+  --gradient_accumulation_steps 4 --output_dir output/llama3-8b-128k-pack-loss-sp4 "$@"

@@ -46,6 +46,8 @@ SCRIPTS = {
     "tools/rubric_judge.py": ("--prot", "--port"),
     "tools/needle_check.py": ("--depth", "--depths"),
     "scripts/eval_all.py": ("--lbc_dat_dir", "--lbc_data_dir"),
+    "scripts/reproduce.py": ("--sedes", "--seeds"),
+    "tools/miniature_data.py": ("--num_shrot", "--num_short"),
 }
 
 
