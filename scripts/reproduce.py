@@ -34,7 +34,8 @@ The miniature (--preset miniature) is the same driver on one CPU process: SmolLM
 for the paper's questions (tools/miniature_data.py: long-context chats with short answers, short-context chats
 with long answers; Table 2: 0 / half / all of --num_sequences long), one epoch at lr 2e-4. Naive and sorted
 batching put K = 4 sequences in a padded batch (one device doing the work of 4: the padding is the idle time of
-the paper's GPUs that wait for the longest sequence), packing one pack of <= 1,024 tokens per step. Its judges
+the paper's GPUs that wait for the longest sequence), packing 2 packs of <= 1,024 tokens per step (one per
+micro-step, ~4.6 sequences per step, as the paper's 8 packs hold about the 96 sequences of its naive step). Its judges
 and data are the quickstart's offline stand-ins (scripts/quickstart_eval.sh), and the short chat task stands in
 for MT-Bench.
 """
@@ -54,7 +55,7 @@ from longalign.scriptargs import UserError, comma_list, missing_path, parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-from eval_all import COLUMNS, PAPER  # noqa: E402  (the paper's published rows live with the evaluation table)
+from eval_all import COLUMNS, PAPER, PERCENT  # noqa: E402  (the paper's published rows live with the evaluation table)
 
 # table -> row -> (data mix, batch method, loss weighting)
 ROWS = {
@@ -76,6 +77,7 @@ MINI_MAX_LENGTH = 1024
 MINI_TRAIN = ["--use_cpu", "true", "--learning_rate", "2e-4", "--warmup_steps", "0.1", "--lr_scheduler_type", "cosine",
               "--adam_beta2", "0.95", "--num_train_epochs", "1", "--save_strategy", "no", "--logging_steps", "1"]
 MINI_K = {"naive": 4, "sort": 4, "pack": 1}
+MINI_ACCUMULATION = {"naive": 1, "sort": 1, "pack": 2}  # 2 packs of ~2.3 sequences: ~4.6 per step, as naive's 4
 # ARC, HellaSwag, TruthfulQA and MMLU are left out: their offline stand-ins state nothing true
 # (tools/synthetic_general.py), so they cannot see training; --eval_args "--only lbc,longbench,general,needle" adds them
 MINI_EVAL = ["--in_process", "true", "--max_length", "4096", "--only", "lbc,longbench,needle",
@@ -215,7 +217,8 @@ def train_command(args: Args, row: str, method: str, pack_loss: bool, train_dir:
             raise UserError(f"{launcher.name} does not exist: Table 3's {row} row has no launcher for {args.family}")
         return ["bash", str(launcher), *map(str, common), *shlex.split(args.train_args)]
     return python("train.py", *common, *MINI_TRAIN, "--batch_method", method, *(["--pack_loss"] if pack_loss else []),
-                  "--per_device_train_batch_size", MINI_K[method], *shlex.split(args.train_args))
+                  "--per_device_train_batch_size", MINI_K[method], "--gradient_accumulation_steps",
+                  MINI_ACCUMULATION[method], *shlex.split(args.train_args))
 
 
 def plan_k(args: Args, method: str) -> int:
@@ -313,8 +316,7 @@ def cell(values: list, digits: int) -> str:
 def build_table(args: Args, out: Path, runs: dict[str, list[dict]], base: dict | None) -> dict:
     miniature = args.preset == "miniature"
     columns = [*COLUMNS, *([("Short chat*", "short_chat")] if miniature else [])]
-    digits = {key: 1 if key in ("single", "multi", "summarization", "arc", "hellaswag", "truthfulqa", "mmlu") else 2
-              for _, key in columns}
+    digits = {key: 1 if key in PERCENT else 2 for _, key in columns}  # as eval_all prints them
     rows = {}
     for row, done in runs.items():
         per_seed = [{"seed": r["seed"], "run": r["run"], "train_seconds": train_seconds(out / "runs" / r["run"]),
@@ -343,6 +345,8 @@ def build_table(args: Args, out: Path, runs: dict[str, list[dict]], base: dict |
         f"\n\nThe paper, {paper_table} (GPT-4 judge; its LongBench columns are GPT-4 ratings, ours LongBench's "
         "metrics; – is a value not recorded in this repository):\n\n"
         + "\n".join(["| " + " | ".join(paper_header) + " |", "|" + "---|" * len(paper_header), *paper_lines]))
+    md += "\n\nThe paper's findings, in these rows (the rule: scripts/reproduce.py `verdict`):\n\n" + "\n".join(
+        findings(args.table, rows))
     if miniature:
         md += ("\n\n*Short chat: the miniature's stand-in for MT-Bench (held-out short documents, every fact of one "
                "shape asked, rubric judge). All columns are offline stand-ins (docs/reproduction.md), not the paper's "
@@ -353,6 +357,53 @@ def build_table(args: Args, out: Path, runs: dict[str, list[dict]], base: dict |
     (out / f"table{args.table}.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
     (out / f"table{args.table}.md").write_text(md + "\n", encoding="utf-8")
     return {"markdown": md, **result}
+
+
+# The paper's findings, as comparisons of two rows on one column: (finding, row a, row b, column, kind). "gain":
+# the paper finds a above b; "keep": a not below b (the faster method, or the added long data, costs nothing).
+FINDINGS = {
+    3: [("sorted batching keeps quality (Table 3)", "sort", "naive", ("lbc", "needle", "short_chat"), "keep"),
+        ("packing + loss weighting keeps quality (Table 3)", "pack_loss", "naive", ("lbc", "needle", "short_chat"), "keep"),
+        ("loss weighting helps packing on long tasks (section 3.2, Table 3)", "pack_loss", "pack", ("lbc", "needle"), "gain"),
+        ("packing alone favours the samples with many target tokens (section 3.2's reason)", "pack", "pack_loss",
+         ("short_chat",), "gain"),
+        ("sorted batching trains faster than naive (Figure 5)", "naive", "sort", ("train_seconds",), "gain"),
+        ("packing trains faster than naive (Figure 5)", "naive", "pack_loss", ("train_seconds",), "gain")],
+    2: [("more long data lifts the long tasks (Table 2)", "5k", "0k", ("lbc", "needle"), "gain"),
+        ("more long data lifts the long tasks (Table 2)", "10k", "0k", ("lbc", "needle"), "gain"),
+        ("without hurting the short tasks (Table 2)", "5k", "0k", ("short_chat",), "keep"),
+        ("without hurting the short tasks (Table 2)", "10k", "0k", ("short_chat",), "keep")],
+}
+
+
+def verdict(a: list, b: list, kind: str) -> tuple[float | None, float | None, str]:
+    """(difference of the means a - b, twice its standard error, the verdict). The difference counts when it is
+    beyond 2 standard errors (sqrt(sd_a^2 / n_a + sd_b^2 / n_b)); with one seed on either side nothing counts."""
+    (ma, sa), (mb, sb) = mean_sd(a), mean_sd(b)
+    if ma is None or mb is None:
+        return None, None, "not run"
+    diff = ma - mb
+    if sa is None or sb is None:
+        return diff, None, "cannot tell (one seed)"
+    se2 = 2 * (sa ** 2 / len(a) + sb ** 2 / len(b)) ** 0.5
+    if kind == "gain":
+        return diff, se2, "reproduces" if diff > se2 else "the opposite" if diff < -se2 else "cannot tell"
+    return diff, se2, "does not: lower" if diff < -se2 else "reproduces: higher" if diff > se2 else "reproduces: no drop beyond 2 SE"
+
+
+def findings(table: int, rows: dict) -> list[str]:
+    """One line per finding and column whose two rows ran."""
+    lines = []
+    for text, a, b, keys, kind in FINDINGS[table]:
+        if a not in rows or b not in rows:
+            continue
+        for key in keys:
+            values = [[s[key] if key == "train_seconds" else s["scores"].get(key) for s in rows[r]["seeds"]] for r in (a, b)]
+            diff, se2, says = verdict(*values, kind)
+            if diff is not None:
+                spread = "" if se2 is None else f", 2 SE = {se2:.2f}"
+                lines.append(f"- {text}: {key}, {a} - {b} = {diff:+.2f}{spread}: **{says}**")
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------

@@ -74,6 +74,8 @@ def test_killed_row_resumes_a_rerun_runs_nothing_and_the_table_is_the_stages_fil
     naive_s, loss_s = (table["rows"][r]["train_seconds"][0] for r in ("naive", "pack_loss"))
     assert f"| {naive_s:.0f} | 1.00x |" in md and f"| {loss_s:.0f} | {naive_s / loss_s:.2f}x |" in md
     assert "| pack + loss weighting | 6.21 |" in md  # the paper's row beside ours
+    assert f"- packing trains faster than naive (Figure 5): train_seconds, naive - pack_loss = {naive_s - loss_s:+.2f}: " \
+           "**cannot tell (one seed)**" in md
     assert (out / "runs" / "5k-pack-loss-s0" / "model" / "train_results.json").is_file()
 
     # 4. once more: nothing runs, the same table
@@ -104,3 +106,14 @@ def test_paper_rows_run_their_launchers_with_the_row_and_seed_last(tmp_path):
             assert launcher.read_text().rstrip().endswith('"$@"')  # the driver's flags come last and win
     tok = reproduce.tokenize_command(reproduce.Args(output_dir=str(tmp_path), table=2), tmp_path, "5k")[0]
     assert tok[tok.index("--datanum") + 1] == "5k" and tok[tok.index("--template") + 1] == "chatglm"
+
+
+def test_a_finding_counts_only_beyond_twice_its_standard_error():
+    """sd 1 on 3 seeds each side: 2 SE = 2 * sqrt(1/3 + 1/3) = 1.633."""
+    verdict = reproduce.verdict
+    assert verdict([2, 3, 4], [0, 1, 2], "gain") == (2.0, pytest.approx(1.633, abs=1e-3), "reproduces")
+    assert verdict([1, 2, 3], [0, 1, 2], "gain")[2] == "cannot tell"  # +1.0 < 1.633
+    assert verdict([0, 1, 2], [2, 3, 4], "gain")[2] == "the opposite"
+    assert verdict([0, 1, 2], [2, 3, 4], "keep")[2] == "does not: lower"
+    assert verdict([1, 2, 3], [0, 1, 2], "keep")[2] == "reproduces: no drop beyond 2 SE"
+    assert verdict([5.0], [1, 2], "gain") == (3.5, None, "cannot tell (one seed)")
