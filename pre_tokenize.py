@@ -16,7 +16,8 @@ Inputs:
 Outputs (--output_dir, default data/<model>/<datanum>/, read by sort_and_group.py and train.py):
     input_ids.bin, targets.bin, lengths.npy, num_targets.npy   the store (longalign/store.py)
     meta.json   tokenizer, template, max_length, ids, seed, datanum and the accounting of every line:
-                kept + sum(skipped.values()) == lines_read
+                kept + sum(skipped.values()) == lines_read; `split` lines became one sequence per answer
+                (a chat template such as Qwen3's, see longalign/chat.py), so num_sequences >= kept
 
 Bad lines never stop the run (unless --strict) and never vanish: each is repaired and kept or skipped,
 and counted under its reason in meta.json (docs/data.md lists them).
@@ -222,14 +223,24 @@ def cut_tokens(piece_ids: list[list[int]], is_answer: list[bool], max_length: in
     return piece_ids[:i] + [chat.middle_cut(piece_ids[i], keep)] + piece_ids[i + 1:]
 
 
+def bound(piece_ids: list[list[int]], is_answer: list[bool], max_length: int, middle: bool):
+    """(piece ids of at most max_length tokens, truncated) or (None, True) when that is impossible."""
+    if sum(map(len, piece_ids)) <= max_length:
+        return piece_ids, False
+    return (cut_tokens(piece_ids, is_answer, max_length) if middle else None), True
+
+
 def tokenize_batch(job: tuple[str, list[tuple[int, int]]]) -> list[tuple]:
-    """[(offset, size)] of lines of one file -> per line ("ok", ids, mask, truncated) or ("skip", reason)."""
+    """[(offset, size)] of lines of one file -> per line ("ok", [(ids, mask)] one per training sequence,
+    truncated) or ("skip", reason). A line is one sequence, or one per answer under a chat template that
+    renders an answer differently once a later turn follows (longalign/chat.py `conversation_rows`); its
+    sequences are kept or skipped together."""
     path, spans = job
     w = _worker
     middle = w["truncation"] == "middle"
     too_long = ("skip", "too_long_answers" if middle else "too_long")
     max_chars = int(w["max_length"] * w["max_chars_per_token"])
-    results, batch, cut_by_chars = [], [], []
+    results, batch, rows_of = [], [], []
     with open(path, "rb") as f:
         for offset, size in spans:
             f.seek(offset)
@@ -237,33 +248,37 @@ def tokenize_batch(job: tuple[str, list[tuple[int, int]]]) -> list[tuple]:
             if reason is not None:
                 raise RuntimeError(f"{path} changed while it was read (offset {offset})")
             try:
-                pieces = chat.conversation_pieces(messages, w["template"], w["tokenizer"])
+                rows = chat.conversation_rows(messages, w["template"], w["tokenizer"])
             except (ValueError, TemplateError):  # a chat template that refuses this conversation
                 results.append(("skip", "chat_template_error"))
                 continue
             if middle:
-                bounded = cut_chars(pieces, max_chars)
+                bounded = [cut_chars(pieces, max_chars) for pieces in rows]
             else:
-                bounded = pieces if sum(len(t) for t, _ in pieces) <= max_chars else None
-            results.append(too_long if bounded is None else None)
-            if bounded is not None:
-                batch.append(bounded)
-                cut_by_chars.append(bounded is not pieces)
-    encoded = zip(chat.encode_pieces(batch, w["template"], w["tokenizer"], prefix=w["prefix"]), cut_by_chars,
-                  strict=True)
-    for k in range(len(results)):
-        if results[k] is not None:
+                bounded = [p if sum(len(t) for t, _ in p) <= max_chars else None for p in rows]
+            if any(p is None for p in bounded):
+                results.append(too_long)
+                continue
+            results.append(None)
+            batch += bounded
+            rows_of.append([p is not q for p, q in zip(bounded, rows, strict=True)])  # cut by characters
+    encoded = iter(chat.encode_pieces(batch, w["template"], w["tokenizer"], prefix=w["prefix"]))
+    chars_cut = iter(rows_of)
+    for k, result in enumerate(results):
+        if result is not None:
             continue
-        (piece_ids, is_answer), truncated = next(encoded)
-        if sum(map(len, piece_ids)) > w["max_length"]:
-            piece_ids = cut_tokens(piece_ids, is_answer, w["max_length"]) if middle else None
-            truncated = True
-        if piece_ids is None:
-            results[k] = too_long
-            continue
-        ids = np.fromiter(itertools.chain.from_iterable(piece_ids), dtype=np.int64)     # (l,)
-        mask = np.repeat(np.array(is_answer, dtype=bool), [len(p) for p in piece_ids])  # (l,)
-        results[k] = ("ok", ids, mask, truncated)
+        out, truncated = [], False
+        for cut_by_chars in next(chars_cut):
+            piece_ids, is_answer = next(encoded)
+            piece_ids, cut = bound(piece_ids, is_answer, w["max_length"], middle)
+            truncated |= cut or cut_by_chars
+            if piece_ids is None:
+                out.append(None)
+                continue
+            ids = np.fromiter(itertools.chain.from_iterable(piece_ids), dtype=np.int64)     # (l,)
+            mask = np.repeat(np.array(is_answer, dtype=bool), [len(p) for p in piece_ids])  # (l,)
+            out.append((ids, mask))
+        results[k] = too_long if any(o is None for o in out) else ("ok", out, truncated)
     return results
 
 
@@ -280,6 +295,12 @@ def load_tokenizer(args: Args):
         fail(f"--model_name_or_path {e}")
     if args.template == "chat_template" and not getattr(tok, "chat_template", None):
         fail(f"--model_name_or_path {args.model_name_or_path}: the tokenizer has no chat template; pass --template chatglm or llama.")
+    if args.template == "chat_template":  # a template that cannot train any conversation: say so once, here
+        try:
+            chat.conversation_rows([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}],
+                                   args.template, tok)
+        except (ValueError, TemplateError) as e:
+            fail(f"--model_name_or_path {args.model_name_or_path}: {e}.")
     if tok.eos_token_id is None:
         fail(f"--model_name_or_path {args.model_name_or_path}: the tokenizer has no EOS token, which ends every answer; pick another.")
     return path, tok
@@ -327,7 +348,7 @@ def main(argv=None) -> dict:
         (Path(args.output_dir) / stale).unlink(missing_ok=True)
     writer = StoreWriter(args.output_dir, len(tok))
     for source in files:
-        stats[source].update(kept=0, truncated=0, num_tokens=0, num_target_tokens=0)
+        stats[source].update(kept=0, truncated=0, sequences=0, split=0, num_tokens=0, num_target_tokens=0)
     _worker.update(settings, tokenizer=tok)
     if args.num_proc > 1:
         # fork: the workers inherit the loaded tokenizer and run it single-threaded (the Rust thread pool
@@ -348,19 +369,22 @@ def main(argv=None) -> dict:
                 if result[0] == "skip":
                     st["skipped"][result[1]] += 1
                     continue
-                _, ids, mask, truncated = result
-                writer.add(ids, mask)
+                _, rows, truncated = result
+                for ids, mask in rows:
+                    writer.add(ids, mask)
+                    st["num_tokens"] += len(ids)
+                    st["num_target_tokens"] += int(mask.sum())
                 st["kept"] += 1
                 st["truncated"] += int(truncated)
-                st["num_tokens"] += len(ids)
-                st["num_target_tokens"] += int(mask.sum())
+                st["sequences"] += len(rows)
+                st["split"] += int(len(rows) > 1)
             bar.update(len(batch))
     if pool is not None:
         pool.close()
         pool.join()
 
     # meta.json: settings and the accounting of every line read.
-    totals = {k: sum(st[k] for st in stats.values()) for k in ("lines_read", "kept", "truncated")}
+    totals = {k: sum(st[k] for st in stats.values()) for k in ("lines_read", "kept", "truncated", "split")}
     skipped = sum((st["skipped"] for st in stats.values()), Counter())
     repaired = sum((st["repaired"] for st in stats.values()), Counter())
     assert totals["kept"] + sum(skipped.values()) == totals["lines_read"], "a line went unaccounted"
@@ -375,8 +399,9 @@ def main(argv=None) -> dict:
                     for s, st in stats.items()},
         "args": asdict(args),
     })
+    split = f", {meta['split']} of them one sequence per answer ({meta['num_sequences']} sequences)" if meta["split"] else ""
     print(f"pre_tokenize: read {meta['lines_read']} lines, kept {meta['kept']} "
-          f"({meta['truncated']} truncated), skipped {sum(skipped.values())} {dict(skipped)}; "
+          f"({meta['truncated']} truncated{split}), skipped {sum(skipped.values())} {dict(skipped)}; "
           f"{meta['num_tokens']:,} tokens ({meta['num_target_tokens']:,} targets) -> {args.output_dir}")
     return meta
 

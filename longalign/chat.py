@@ -27,6 +27,13 @@ prompt ids and writes the answer from a token boundary, and `encode_prompt` buil
 same pieces, so what the model sees when it answers equals what it was trained on. `prefix` is the
 tokenizer's own special prefix (`<s>` for Llama, `[gMASK]sop` for ChatGLM3), or its BOS token when it
 adds none itself; for `chat_template` the template writes its own special tokens as text.
+
+Under `chat_template` the data is rendered as the template renders a non-thinking answer (enable_thinking=False,
+in training and at generation), each answer's target is its text and the template's end-of-turn marker, and the
+context before each answer is exactly its generation prompt. A template that writes an answer differently once a
+later user turn follows (Qwen3 drops the empty think block of earlier answers) gives one training sequence per
+answer; one that writes no end-of-turn marker (GLM-4), or whose answer does not follow its generation prompt, is
+refused (docs/models.md, "Chat templates").
 """
 
 from collections.abc import Sequence
@@ -120,45 +127,150 @@ def _paper_pieces(messages: list[dict], template: str) -> list[tuple[str, bool]]
 
 
 def _render(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    # enable_thinking=False: the SFT data answers without reasoning, so it is rendered as the template renders
+    # a non-thinking answer (Qwen3: after an empty think block, which its non-thinking generation prompt writes;
+    # SmolLM3: the /no_think system header and an empty think block in every turn). Training and generation both
+    # render through here. Templates without the switch ignore it.
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                         enable_thinking=False)
 
 
-def _template_pieces(messages: list[dict], tokenizer, add_generation_prompt: bool) -> list[tuple[str, bool]]:
-    """Cut the rendered chat template at each answer. An answer's span is found by rendering the
-    conversation up to it with the generation prompt (where the answer starts) and up to and including
-    it (the span then runs over the answer and the template's end-of-turn text, e.g. `</s>` or
-    `<|im_end|>`, minus trailing whitespace). This works for any template whose rendering of a
-    conversation starts with the rendering of each of its prefixes, which the check below enforces."""
-    full = _render(tokenizer, messages, add_generation_prompt)
-    spans = []
-    for k, m in enumerate(messages):
-        if m["role"] != "assistant":
-            continue
-        start = len(_render(tokenizer, messages[:k], True))
-        upto = _render(tokenizer, messages[:k + 1], False)
-        if not full.startswith(upto) or len(upto) < start:
-            raise ValueError("the tokenizer's chat template renders a conversation differently from its "
-                             "prefixes, so answers cannot be located; use --template chatglm or llama")
-        end = start + len(upto[start:].rstrip())
-        spans.append((start, end))
+PROBE = {"role": "user", "content": "\u2063"}  # a later turn, rendered after an answer to see where its turn ends
+
+
+def _template_answers(messages: list[dict], tokenizer) -> list[tuple[str, str, str]]:
+    """(generation prompt, answer text, the conversation rendered up to that answer) for each assistant turn.
+
+    The prompt is the conversation before the answer rendered with the generation prompt; the conversation
+    ending with the answer must start with it (else ValueError: the template writes an answer somewhere its
+    generation prompt does not lead to). The answer text is what follows the prompt up to the end of the turn:
+    the answer's content and the end-of-turn marker that the template writes after it whatever comes next,
+    found where a user turn follows it (the next answer's prompt; after the last answer, a probe turn): e.g.
+    `4821.<|im_end|>`, `4821.<|end|>`, not the newline after it nor an EOS that only a conversation's end gets.
+    2n + 1 renderings for n answers."""
+    turns = [k for k, m in enumerate(messages) if m["role"] == "assistant"]
+    prompts = [_render(tokenizer, messages[:k], True) for k in turns]
+    out, specials = [], set(tokenizer.get_added_vocab())
+    for i, k in enumerate(turns):
+        prompt, alone = prompts[i], _render(tokenizer, messages[:k + 1], False)
+        # the same answer with a user turn after it: the next answer's prompt, or the conversation and a probe turn
+        later = prompts[i + 1] if i + 1 < len(turns) else _render(tokenizer, messages[:k + 1] + [PROBE], False)
+        content, rest = messages[k]["content"].strip(), alone[len(prompt):]
+        at, there = rest.find(content), later.find(content, _common(prompt, later))
+        if not alone.startswith(prompt) or not content or at < 0 or there < 0:
+            raise ValueError("the tokenizer's chat template does not write an answer right after its generation "
+                             "prompt, so answers cannot be located; use --template chatglm or llama")
+        end = at + len(content)
+        after = rest[end:]
+        stop = _whole_tokens(after, _common(after, later[there + len(content):]), specials)
+        if not after[:stop].strip():
+            raise ValueError("the tokenizer's chat template writes no end-of-turn marker after an answer (GLM-4 "
+                             "ends one with the next turn's <|user|>), so the model would not learn to stop; use "
+                             "--template chatglm or llama")
+        out.append((prompt, rest[:end + stop].rstrip(), alone))
+    return out
+
+
+def _common(a: str, b: str) -> int:
+    """The length of the common prefix of a and b (a binary search of C-speed comparisons)."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if a[:mid] == b[:mid] else (lo, mid - 1)
+    return lo
+
+
+def _whole_tokens(text: str, n: int, specials: set[str]) -> int:
+    """n, or less so that text[:n] does not end inside a special token (`<|end|>\n<|` -> `<|end|>\n`)."""
+    longest = max(map(len, specials), default=0)
+    for i in range(max(0, n - longest + 1), n):
+        if any(text[i:j] in specials for j in range(n + 1, min(len(text), i + longest) + 1)):
+            return i
+    return n
+
+
+def _cut(text: str, answers: list[tuple[str, str, str]] | None, users: list[str]) -> list[tuple[str, bool]]:
+    """`text` as pieces, cut at each answer that it writes where the answer's own rendering does (right after the
+    answer's generation prompt), marked as answers. If one of them is written otherwise (Qwen3 leaves out an
+    answer's empty think block once a later user turn follows it), or `answers` is None, the text is cut around
+    the user turns instead, all of it context, so that truncation (which middle-cuts the longest context piece)
+    cuts a turn."""
+    pieces, at, located = [], 0, answers is not None
+    for prompt, answer, _ in answers or []:
+        start = len(prompt)
+        if start < at or not text.startswith(prompt) or not text.startswith(answer, start):
+            located = False
+            break
+        pieces += [(text[at:start], False), (answer, True)]
+        at = start + len(answer)
+    if located:
+        return pieces + ([(text[at:], False)] if at < len(text) else [])
     pieces, at = [], 0
-    for start, end in spans:
-        pieces += [(full[at:start], False), (full[start:end], True)]
-        at = end
-    if at < len(full):
-        pieces.append((full[at:], False))
-    return pieces
+    for user in users:
+        start = text.find(user.strip(), at)
+        if user.strip() and start >= 0:
+            pieces += [(text[at:start], False), (user.strip(), False)]
+            at = start + len(user.strip())
+    return [p for p in pieces + [(text[at:], False)] if p[0]]
+
+
+def _template_prompt(messages: list[dict], tokenizer) -> list[tuple[str, bool]]:
+    """The generation prompt of a conversation ending with a user turn, as pieces (cut as training cuts it)."""
+    users = [m["content"] for m in messages if m["role"] == "user"]
+    try:
+        answers = _template_answers(messages, tokenizer)
+    except ValueError:  # an earlier answer no training sequence can hold (an empty one, say): nothing to match
+        answers = None
+    return _cut(_render(tokenizer, messages, True), answers, users)
+
+
+def _template_rows(messages: list[dict], tokenizer) -> list[list[tuple[str, bool]]]:
+    """The training sequences of a complete conversation under a chat template: every answer is a target right
+    after exactly the pieces of its generation prompt (`_template_prompt` of the conversation before it).
+
+    One sequence, the template's rendering of the whole conversation, when the template writes each answer
+    there as it writes it when the conversation ends with it (most templates). Otherwise (Qwen3's template
+    renders an answer after an empty think block only while no user turn follows it) one sequence cannot show
+    an answer both ways, and each answer gets its own sequence: the conversation rendered up to it, earlier
+    answers as context. That costs the earlier turns' tokens again, but every answer is trained exactly as
+    the model sees the conversation when it writes it."""
+    answers = _template_answers(messages, tokenizer)
+    users = [m["content"] for m in messages if m["role"] == "user"]
+    pieces = _cut(answers[-1][2], answers, users)  # (the last answer's rendering is the whole conversation's)
+    if sum(answer for _, answer in pieces) == len(answers):
+        return [pieces]
+    rows = []
+    for k, (prompt, answer, alone) in enumerate(answers):  # (roles alternate: k + 1 user turns before answer k)
+        context = [(text, False) for text, _ in _cut(prompt, answers[:k], users[:k + 1])]
+        tail = alone[len(prompt) + len(answer):]
+        rows.append(context + [(answer, True)] + ([(tail, False)] if tail else []))
+    return rows
+
+
+def conversation_rows(messages: list[dict], template: str, tokenizer=None) -> list[list[tuple[str, bool]]]:
+    """The training sequences of one complete conversation, as pieces: one, except under a chat template that
+    renders an answer differently once a later turn follows (see `_template_rows`)."""
+    if template == "chat_template":
+        if getattr(tokenizer, "chat_template", None) is None:
+            raise ValueError("the tokenizer has no chat template; use --template chatglm or llama")
+        return _template_rows(messages, tokenizer)
+    return [_paper_pieces(messages, template)]
 
 
 def conversation_pieces(messages: list[dict], template: str, tokenizer=None,
                         add_generation_prompt: bool = False) -> list[tuple[str, bool]]:
-    """The pieces of one conversation. A conversation ending with a user turn gives the generation
-    prompt (its last piece is context)."""
-    if template == "chat_template":
+    """The pieces of one conversation: with add_generation_prompt, of a conversation ending with a user turn,
+    the generation prompt (its last piece is context); else of a complete conversation that is one training
+    sequence (ValueError if it is several: use `conversation_rows`)."""
+    if template == "chat_template" and add_generation_prompt:
         if getattr(tokenizer, "chat_template", None) is None:
             raise ValueError("the tokenizer has no chat template; use --template chatglm or llama")
-        return _template_pieces(messages, tokenizer, add_generation_prompt)
-    return _paper_pieces(messages, template)
+        return _template_prompt(messages, tokenizer)
+    rows = conversation_rows(messages, template, tokenizer)
+    if len(rows) > 1:
+        raise ValueError(f"this conversation is {len(rows)} training sequences under the chat template; "
+                         "use conversation_rows")
+    return rows[0]
 
 
 def build_prompt(messages: list[dict], template: str, tokenizer) -> str:
@@ -247,9 +359,9 @@ def join_pieces(piece_ids: list[list[int]], is_answer: list[bool]) -> tuple[list
 
 def encode_conversations(conversations: list[list[dict]], template: str, tokenizer
                          ) -> list[tuple[list[int], list[int]]]:
-    """[(input_ids, labels)] of complete conversations, exactly as pre_tokenize.py stores them (before
-    any truncation)."""
-    batch = [conversation_pieces(m, template, tokenizer) for m in conversations]
+    """[(input_ids, labels)] of complete conversations, exactly as pre_tokenize.py stores them (before any
+    truncation): one per conversation, in order, or several where `conversation_rows` makes several."""
+    batch = [row for m in conversations for row in conversation_rows(m, template, tokenizer)]
     return [join_pieces(*e) for e in encode_pieces(batch, template, tokenizer)]
 
 

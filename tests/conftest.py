@@ -44,6 +44,27 @@ def tiny_llama_dir(fixtures_dir, tokenizer) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_qwen3_dir(fixtures_dir, tokenizer_dir) -> Path:
+    """A random 2-layer Qwen3, hidden 32 (transformers' own class: load_model serves it through longalign/any_model.py) saved
+    with the test tokenizer carrying a Qwen3-style thinking chat template (tools/synthetic.py). Untied: the tied one
+    (seeds 0-3) answered nothing here (empty once decoded and stripped)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tok.chat_template = synthetic.THINKING_CHAT_TEMPLATE
+    return synthetic.build_tiny_model(fixtures_dir / "tiny-qwen3", tok, "qwen3", hidden_size=32, intermediate_size=64,
+                                      head_dim=8, tie_word_embeddings=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3_dir(fixtures_dir, tokenizer) -> Path:
+    """A random 2-layer Gemma-3 (through longalign/any_model.py), a sliding layer of window 64 and a full one, untied,
+    saved with the test tokenizer and its chat template."""
+    return synthetic.build_tiny_model(fixtures_dir / "tiny-gemma3", tokenizer, "gemma3_text", sliding_window=64,
+                                      layer_types=["sliding_attention", "full_attention"], tie_word_embeddings=False)
+
+
+@pytest.fixture(scope="session")
 def chat_data_dir(fixtures_dir) -> Path:
     """raw/long.jsonl (24 long, 300-2400 words) and raw/sharegpt.jsonl (120 short chats)."""
     path = fixtures_dir / "chat"

@@ -21,12 +21,35 @@ def doc(tmp_path):
     return path
 
 
-def test_streams_the_answer_with_the_chat_template(tiny_llama_dir, doc, capsys):
-    answers = demo.main(["--model", str(tiny_llama_dir), "--file", str(doc), "--question", "What is it?",
-                         "--max_new_tokens", "6", "--max_length", "200"])
+@pytest.mark.parametrize("model", ["tiny_llama_dir", "tiny_qwen3_dir", "tiny_gemma3_dir"])  # ours; any_model.py's
+def test_streams_the_answer_with_the_chat_template(model, request, doc, capsys):
+    answers = demo.main(["--model", str(request.getfixturevalue(model)), "--file", str(doc), "--question",
+                         "What is it?", "--max_new_tokens", "6", "--max_length", "200"])
     out, err = capsys.readouterr()
     assert len(answers) == 1 and answers[0] and answers[0] in out  # streamed text = returned answer
     assert "middle cut to 200" in err and "template chat_template" in err
+
+
+def test_several_turns_on_a_thinking_template(tiny_qwen3_dir, doc, capsys, monkeypatch):
+    """Questions on stdin: the second prompt holds the first answer as the template writes history (no think
+    block), and ends with the empty think block of a non-thinking answer (the Qwen3-style template of the
+    fixture); the prompts are the ones training reads before each answer."""
+    from longalign import chat
+    from longalign.generation import Generator
+
+    seen, original = [], Generator.generate
+    monkeypatch.setattr(Generator, "generate", lambda self, messages, **kw: seen.append(
+        chat.encode_prompt(messages, "chat_template", self.tokenizer)) or original(self, messages, **kw))
+    typed = iter(["What is it?", "And then?", ""])
+    monkeypatch.setattr("builtins.input", lambda prompt: next(typed))
+    answers = demo.main(["--model", str(tiny_qwen3_dir), "--file", str(doc), "--max_new_tokens", "4",
+                         "--max_length", "50"])
+    out = capsys.readouterr().out
+    assert len(answers) == 2 and all(a in out for a in answers)
+    tok = Generator(str(tiny_qwen3_dir), "auto").tokenizer
+    second = tok.decode(seen[1])
+    assert second.endswith("And then?</s>\n<|assistant|>\n<think></think>\n")
+    assert f"<|assistant|>\n{answers[0]}</s>" in second  # the first answer as history, no think block
 
 
 def test_chatglm_answers_through_model_chat(tokenizer, doc, tmp_path, capsys, monkeypatch):

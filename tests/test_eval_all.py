@@ -116,6 +116,19 @@ def test_table_equals_the_stages_files_and_a_rerun_does_nothing(tiny_llama_dir, 
     assert "| model | LongBench-Chat | S-Doc QA | M-Doc QA | Summ | MT-Bench | ARC | HellaSwag | TruthfulQA | MMLU | Needle |" in table
 
 
+def test_a_family_served_by_any_model(tiny_qwen3_dir, inputs, tmp_path, in_process):
+    """The same stages, unchanged, on a family without a model file of ours (a tiny Qwen3 through
+    longalign/any_model.py) whose tokenizer has a Qwen3-style thinking template: MT-Bench's second turns hold the
+    first answer as history. Every stage runs and the table holds their scores."""
+    out = tmp_path / "qwen3"
+    with FaultServer() as srv:
+        in_process(command(tiny_qwen3_dir, out, srv.base_url, inputs, "lbc,longbench,mt_bench,needle"))
+    res = json.loads((out / "results.json").read_text())
+    assert [s["status"] for s in res["stages"].values()] == ["done"] * 4
+    assert res["scores"]["lbc"] == pytest.approx(sum(LBC_SCORES.values()) / 3)
+    assert all(res["scores"][k] is not None for k in ("single", "multi", "summarization", "mt_bench", "needle"))
+
+
 def test_user_errors_stop_before_any_work(tiny_llama_dir, inputs, tmp_path, in_process, monkeypatch):
     out = tmp_path / "run"
     no_key = run(command(tiny_llama_dir, out, "http://127.0.0.1:9/v1", inputs), env_key=False)

@@ -22,23 +22,6 @@ def one_at_a_time(gen: Generator, max_new_tokens: int) -> list[str]:
     return [gen.generate(c, max_new_tokens=max_new_tokens, temperature=0)["text"] for c in conversations()]
 
 
-@pytest.fixture(scope="module")
-def tiny_qwen3_dir(tmp_path_factory, tokenizer):
-    """A random 2-layer Qwen3 (transformers' own config class) with the test tokenizer: a family without a model
-    file of ours, so load_model serves it through longalign/any_model.py."""
-    import transformers
-
-    path = tmp_path_factory.mktemp("tiny-qwen3")
-    config = transformers.Qwen3Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-                                      max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
-                                      eos_token_id=tokenizer.eos_token_id)
-    torch.manual_seed(0)
-    transformers.Qwen3ForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 def test_any_model_family_answers_as_the_stock_model(tiny_qwen3_dir):
     """Generation on a family served by longalign/any_model.py (Qwen3): the same greedy answers as stock
     transformers' Qwen3ForCausalLM on the same ids, one at a time and batched."""

@@ -26,29 +26,17 @@ from train_helpers import (
 
 import train
 from longalign.models import load_model
-
-
-def save_tiny(path, tokenizer, family: str, **overrides):
-    """A random 2-layer model of `family` with tied embeddings, saved with the test tokenizer."""
-    config = transformers.AutoConfig.for_model(
-        family, vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=4096,
-        tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, **overrides)
-    torch.manual_seed(0)
-    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+from tools import synthetic
 
 
 @pytest.fixture(scope="module")
 def qwen3_dir(tmp_path_factory, tokenizer):
-    return save_tiny(tmp_path_factory.mktemp("qwen3"), tokenizer, "qwen3")
+    return synthetic.build_tiny_model(tmp_path_factory.mktemp("qwen3"), tokenizer, "qwen3")
 
 
 @pytest.fixture(scope="module")
 def gemma3_dir(tmp_path_factory, tokenizer):  # sliding layers with a window shorter than most sequences
-    return save_tiny(tmp_path_factory.mktemp("gemma3"), tokenizer, "gemma3_text", sliding_window=64,
+    return synthetic.build_tiny_model(tmp_path_factory.mktemp("gemma3"), tokenizer, "gemma3_text", sliding_window=64,
                      layer_types=["sliding_attention", "full_attention"])
 
 

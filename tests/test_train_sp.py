@@ -55,9 +55,14 @@ def sp_run(model_dir, store, out, tmp_path, *extra) -> subprocess.CompletedProce
     return run
 
 
-def test_sp2_sgd_step_equals_one_process_and_the_naive_reference(tmp_path, tokenizer_dir, tiny_llama_dir, capsys):
-    store = with_plan(make_store(tmp_path, tokenizer_dir, num_long=2, num_short=8, long_min_words=30, max_length=L),
-                      tmp_path / "planned", K=1, max_length=L)
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, tokenizer_dir):
+    root = tmp_path_factory.mktemp("sp_store")
+    return with_plan(make_store(root, tokenizer_dir, num_long=2, num_short=8, long_min_words=30, max_length=L),
+                     root / "planned", K=1, max_length=L)
+
+
+def test_sp2_sgd_step_equals_one_process_and_the_naive_reference(tmp_path, store, tiny_llama_dir, capsys):
     ids = first_step_sequences(store)
     assert len(ids) >= 3  # packs of several sequences, so Eq. 3 and Eq. 4 really differ
     before = weights(tiny_llama_dir)
@@ -80,9 +85,23 @@ def test_sp2_sgd_step_equals_one_process_and_the_naive_reference(tmp_path, token
     assert rel(delta(weights(control), before), d_naive, "control: SP 2 without --pack_loss vs naive") > 1e-2
 
 
-def test_sp_size_must_divide_world_and_heads(tmp_path, tokenizer_dir, tiny_llama_dir, capsys):
-    store = with_plan(make_store(tmp_path, tokenizer_dir, num_long=1, num_short=3, long_min_words=30, max_length=L),
-                      tmp_path / "planned", K=1, max_length=L)
+def test_sp2_on_a_family_served_by_any_model(tmp_path, store, tiny_qwen3_dir, capsys):
+    """The same step on a tiny Qwen3 through longalign/any_model.py: its attention modules get the Ulysses
+    wrapper, ZeRO-3 partitions it, and the step equals one process and the per-sequence reference."""
+    before = weights(tiny_qwen3_dir)
+    single = tmp_path / "single"
+    train.main(train_argv(tiny_qwen3_dir, store, single, *STEP, "--pack_loss"))
+    capsys.readouterr()
+    sp = tmp_path / "sp"
+    run = sp_run(tiny_qwen3_dir, store, sp, tmp_path, "--pack_loss")
+    assert "K = 1 (world 2 / SP 2" in run.stdout, run.stdout[-2000:]
+    d_sp, d_single = delta(weights(sp), before), delta(weights(single), before)
+    assert rel(d_sp, d_single, "qwen3 (any_model) SP 2 (ZeRO-3) vs 1 process, pack + pack_loss, one SGD step") <= 1e-5
+    d_naive = reference_sgd_delta(tiny_qwen3_dir, store, first_step_sequences(store))
+    assert rel(d_sp, d_naive, "qwen3 (any_model) SP 2 (ZeRO-3) vs naive per-sequence reference (Eq. 2)") <= 1e-4
+
+
+def test_sp_size_must_divide_world_and_heads(tmp_path, store, tiny_llama_dir, capsys):
     with pytest.raises(SystemExit) as e:
         train.main(train_argv(tiny_llama_dir, store, tmp_path / "o", *STEP, "--sequence_parallel_size", 2))
     assert e.value.code == 2

@@ -183,6 +183,21 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
 
+# A chat template in the style of today's hybrid-thinking models (Qwen3), in our own wording: the answer after the
+# last user turn opens with a think block (empty for an answer without reasoning), earlier answers are written
+# without one, and the generation prompt writes the empty block when thinking is switched off.
+THINKING_CHAT_TEMPLATE = (
+    "{%- set last = namespace(user=-1) -%}"
+    "{%- for m in messages -%}{%- if m.role == 'user' -%}{%- set last.user = loop.index0 -%}{%- endif -%}{%- endfor -%}"
+    "{%- for m in messages -%}"
+    "{{ '<|' + m.role + '|>\\n' }}"
+    "{%- if m.role == 'assistant' and loop.index0 > last.user -%}{{ '<think></think>\\n' }}{%- endif -%}"
+    "{{ m.content + eos_token + '\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|assistant|>\\n' }}"
+    "{%- if enable_thinking is defined and not enable_thinking -%}{{ '<think></think>\\n' }}{%- endif -%}{%- endif -%}"
+)
+
 
 def train_tokenizer(out: Path, vocab_size: int = 1024, seed: int = 0):
     """Train and save the tokenizer (about 0.1 s); return it loaded through AutoTokenizer."""
@@ -234,6 +249,24 @@ def build_tiny_llama(out: Path, tokenizer, hidden_size: int = 64, num_layers: in
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return model
+
+
+def build_tiny_model(out: Path, tokenizer, family: str, seed: int = 0, **overrides):
+    """A random 2-layer model of any transformers `family` (model_type; hidden 64, 4 heads / 2 KV heads, tied
+    embeddings unless `overrides` say otherwise) from transformers' own config class, saved with `tokenizer`;
+    returns `out`."""
+    import torch
+    import transformers
+
+    config = transformers.AutoConfig.for_model(family, **dict(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=4096,
+        tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id) | overrides)
+    torch.manual_seed(seed)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
 
 
 @dataclass
