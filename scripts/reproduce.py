@@ -25,7 +25,7 @@ interruption, or with more rows or seeds, redoes nothing finished; a killed step
     eval      scripts/eval_all.py (the miniature: also the short chat task)  -> OUT/runs/<run>/eval*/
     table     OUT/table<N>.md and .json: per column the mean and standard deviation over the seeds, the training
               seconds (the Trainer's train_runtime) and the speed relative to naive batching (Figure 5), the paper's
-              rows below
+              rows below, then each of the paper's findings as a comparison of two rows with its verdict
 
 A run is named by what it trains (mix, method, seed), so the same training in both tables is done once (Table 2's
 5k row is Table 3's pack_loss row in the miniature).
@@ -37,7 +37,7 @@ batching put K = 4 sequences in a padded batch (one device doing the work of 4: 
 the paper's GPUs that wait for the longest sequence), packing 2 packs of <= 1,024 tokens per step (one per
 micro-step, ~4.6 sequences per step, as the paper's 8 packs hold about the 96 sequences of its naive step). Its judges
 and data are the quickstart's offline stand-ins (scripts/quickstart_eval.sh), and the short chat task stands in
-for MT-Bench.
+for MT-Bench; ARC, HellaSwag, TruthfulQA and MMLU are left out (their offline cases cannot see training).
 """
 
 import json
