@@ -75,12 +75,9 @@ def chat_data_dir(fixtures_dir) -> Path:
 @pytest.fixture(scope="session")
 def get_demo_model():
     """scripts/get_demo_model.py as a module."""
-    import importlib.util
+    import script_module
 
-    spec = importlib.util.spec_from_file_location("get_demo_model", ROOT / "scripts" / "get_demo_model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return script_module.load("scripts/get_demo_model.py")
 
 
 @pytest.fixture(scope="session")

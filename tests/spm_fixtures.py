@@ -6,12 +6,13 @@ digits split) on English-like filler, Chinese, the paper's `[Round i]` format an
 and `eop` (so those are also ordinary pieces: the special tokens must still get their own ids).
 """
 
-import importlib.util
 import io
 import json
 import os
 import random
 from pathlib import Path
+
+import script_module
 
 from tools import synthetic
 
@@ -75,10 +76,7 @@ def reference_module():
     """THUDM's tokenization_chatglm.py as a module, or None where ../shared is absent."""
     if not REFERENCE.is_file():
         return None
-    spec = importlib.util.spec_from_file_location("reference_tokenization_chatglm", REFERENCE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return script_module.load(REFERENCE, "reference_tokenization_chatglm")
 
 
 def patched_reference_class(module):

@@ -6,13 +6,13 @@ are repeated to 32 heads before the call), in bf16 on CPU. Also: a stage that ra
 box is recorded and the others still run; the full run refuses to start without CUDA, in one line.
 """
 
-import importlib.util
 import json
 import math
 import time
 from pathlib import Path
 
 import pytest
+import script_module
 import torch
 from fake_kernels import RECORD, kernels
 
@@ -20,10 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "bench" / "bench_gpu.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return script_module.load("bench/bench_gpu.py")
 
 
 @pytest.fixture(scope="module")

@@ -1,17 +1,15 @@
 """scripts/chat_demo.py: a long document and a question in, the answer streamed to stdout; ChatGLM
 models through their model.chat, others through their chat template."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+import script_module
 
 from longalign.scriptargs import run_main
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("chat_demo", ROOT / "scripts" / "chat_demo.py")
-demo = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(demo)
+demo = script_module.load("scripts/chat_demo.py", "chat_demo")
 
 
 @pytest.fixture()

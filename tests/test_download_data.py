@@ -1,16 +1,15 @@
 """scripts/download_data.py on local inputs (no network): ShareGPT cleaning and splitting, a local dataset
 folder for the long data, and outputs that pre_tokenize.py reads without a single skip."""
 
-import importlib.util
 import json
 from pathlib import Path
+
+import script_module
 
 import pre_tokenize
 
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("download_data", ROOT / "scripts" / "download_data.py")
-download_data = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(download_data)
+download_data = script_module.load("scripts/download_data.py", "download_data")
 
 
 def conv(*turns):

@@ -2,22 +2,20 @@
 on a tiny model against the local fault server as judge; the table's cells equal the stages' own files, a
 re-run generates and judges nothing, bad input stops before any work, and --compare / the paper's rows."""
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import script_module
 
 from longalign.scriptargs import run_main
 from tools import synthetic, synthetic_eval, synthetic_general, synthetic_longbench, synthetic_mt_bench
 from tools.fault_server import FaultServer
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("eval_all", ROOT / "scripts" / "eval_all.py")
-eval_all = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(eval_all)
+eval_all = script_module.load("scripts/eval_all.py", "eval_all")
 
 # LongBench-Chat case i is rated (3i mod 10) + 1 by the fault server: 4, 7, 10 -> mean 7.0.
 LBC_SCORES = {i: (3 * i) % 10 + 1 for i in (1, 2, 3)}

@@ -10,12 +10,12 @@
 - tools/synthetic_longbench.py writes LongBench's format, deterministic by seed, answers in the context.
 """
 
-import importlib.util
 import json
 import re
 from pathlib import Path
 
 import pytest
+import script_module
 from test_chat_demo import glm_checkpoint  # noqa: F401  (the tiny ChatGLM3-format checkpoint, a module fixture)
 
 from longalign.harness import LongBenchLM, counts_special_tokens, lm_eval_groups, truncate_longbench
@@ -24,9 +24,7 @@ from tools import synthetic_longbench
 from tools.fault_server import FaultServer
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("longbench_eval", ROOT / "LongBench" / "eval.py")
-lb = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(lb)
+lb = script_module.load("LongBench/eval.py", "longbench_eval")
 
 # Questions of 71 / 72 characters: with lm-eval's prompt endings "\n\nAnswer:" (9 characters, narrativeqa) and
 # "\nAnswer:" (8, hotpotqa and qmsum) the echo's 80 characters are exactly question + ending.

@@ -1,11 +1,11 @@
 """LongBench_Chat/eval.py: middle truncation, template choice, schema errors, and a whole run against a
 faulty local judge (right mean, failures counted, a re-run repeats nothing)."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+import script_module
 
 from longalign.generation import JsonlTable, choose_template, truncate_text_middle
 from longalign.scriptargs import UserError, run_main
@@ -13,9 +13,7 @@ from tools import synthetic_eval
 from tools.fault_server import FaultServer
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("lbc_eval", ROOT / "LongBench_Chat" / "eval.py")
-lbc = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(lbc)
+lbc = script_module.load("LongBench_Chat/eval.py", "lbc_eval")
 
 # Case i is rated (3i mod 10) + 1. Case 1 meets 429, 500, 500; case 2 never gets a usable rating;
 # case 3 a slow reply (a timeout) then an unparsable one. Case 4 and 8 ask in Chinese.

@@ -7,7 +7,6 @@ rating and the faults it meets, so each figure below is known before the run."""
 
 import functools
 import http.server
-import importlib.util
 import json
 import shutil
 import string
@@ -15,15 +14,14 @@ import threading
 from pathlib import Path
 
 import pytest
+import script_module
 
 from longalign.scriptargs import run_main
 from tools import synthetic_mt_bench as syn
 from tools.fault_server import FaultServer
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("mt_bench_eval", ROOT / "MT_Bench" / "eval.py")
-mt = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(mt)
+mt = script_module.load("MT_Bench/eval.py", "mt_bench_eval")
 
 # FastChat's facts, written out here as the independent reference (fastchat/llm_judge/common.py and
 # data/judge_prompts.jsonl at the pinned commit): per-category temperatures, the categories judged against

@@ -2,11 +2,11 @@
 needle at depth 0 for every non-ChatGLM tokenizer), exact context lengths, the match scorer, resumable
 prediction, and the heatmap file."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+import script_module
 
 from tools import needle_check, synthetic
 
@@ -17,10 +17,7 @@ BUFFER = 50
 
 
 def _script(name):
-    spec = importlib.util.spec_from_file_location(f"needle_{name}", ROOT / "Needle_test" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return script_module.load(f"Needle_test/{name}.py", f"needle_{name}")
 
 
 prompt, pred, needle_eval, vis = (_script(n) for n in ("prompt", "pred", "eval", "vis"))

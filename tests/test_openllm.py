@@ -10,21 +10,19 @@
 - tools/synthetic_general.py writes the hub datasets' fields, deterministic by seed.
 """
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import script_module
 from test_chat_demo import glm_checkpoint  # noqa: F401  (a tiny ChatGLM3-format checkpoint, a module fixture)
 
 from longalign.scriptargs import run_main
 from tools import synthetic_general
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("openllm_eval", ROOT / "OpenLLM" / "eval.py")
-general = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(general)
+general = script_module.load("OpenLLM/eval.py", "openllm_eval")
 
 LEADERBOARD_SHOTS = {"arc_challenge": 25, "hellaswag": 10, "truthfulqa_mc2": 0, "mmlu_anatomy": 5}
 TOL = 1e-6  # the metrics, absolute; the log-likelihoods, relative

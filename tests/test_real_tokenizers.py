@@ -5,11 +5,11 @@ own LlamaTokenizer does not); --template llama places answers, labels and the EO
 Needle test places its needle at the asked depth; and our store differs from the other encodings only in the
 kinds bench/bench_tokenize.py --compare names."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+import script_module
 import spm_fixtures as fx
 
 from longalign import chat
@@ -23,10 +23,7 @@ MISTRAL = ("mistral-common==1.13.1", "mistral_common/data/tokenizer.model.v1")
 
 
 def _module(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return script_module.load(path, name)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ model with the miniature preset, two rows of Table 3, a couple of steps each: a 
 and the finished row is not redone; a re-run runs nothing; the table equals its stages' files; bad input is one
 sentence. The paper preset is checked by the commands it would launch (a GPU node's launchers)."""
 
-import importlib.util
 import json
 import os
 import signal
@@ -12,11 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import script_module
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("reproduce", ROOT / "scripts" / "reproduce.py")
-reproduce = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(reproduce)
+reproduce = script_module.load("scripts/reproduce.py", "reproduce")
 
 # tiny data and stages: 4 training sequences, 2 held-out cases per chat task, one 300-token Needle cell
 FAST = ["--preset", "miniature", "--table", "3", "--rows", "naive,pack_loss", "--seeds", "0", "--num_sequences", "4",

@@ -1,11 +1,11 @@
 """tools/rubric_judge.py, the quickstart's offline judge (NOT GPT-4): token F1 against the reference
 answer by hand, the prompts it reads, and a LongBench-Chat run judged by it through the real client path."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+import script_module
 
 from longalign.judge import judge, make_client
 from tools import demo_data, rubric_judge, synthetic_eval
@@ -35,9 +35,7 @@ def test_token_f1_by_hand():
 def test_reads_both_prompt_formats():
     lbc_prompt = synthetic_eval.JUDGE_PROMPT.format(QUESTION, REFERENCE, "a", 10, "b", 5, "c", 2, "The answer.\n\nMore.")
     assert rubric_judge.parse_prompt(lbc_prompt) == (QUESTION, REFERENCE, "The answer.\n\nMore.")
-    spec = importlib.util.spec_from_file_location("needle_eval", ROOT / "Needle_test" / "eval.py")
-    needle_eval = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(needle_eval)
+    needle_eval = script_module.load("Needle_test/eval.py", "needle_eval")
     needle_prompt = needle_eval.RUBRIC.format(question="Q?", needle=REFERENCE, answer="45 seconds")
     assert rubric_judge.parse_prompt(needle_prompt) == ("Q?", REFERENCE, "45 seconds")
     # negative control: no sections, no rating (a failed judgement, never a made-up score)
@@ -61,9 +59,7 @@ def test_longbench_chat_run_scored_by_the_rubric(tmp_path, monkeypatch):
     cases' own few-shot answers (scored 10, 5 and 2 by the scale) and the bare question, written as finished
     predictions so nothing is generated: the rubric orders them as the scale does, and the mean is the one
     computed here."""
-    spec = importlib.util.spec_from_file_location("lbc_eval", ROOT / "LongBench_Chat" / "eval.py")
-    lbc = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(lbc)
+    lbc = script_module.load("LongBench_Chat/eval.py", "lbc_eval")
     monkeypatch.setenv("OPENAI_API_KEY", "local")
     cases, shots = demo_data.lbc_cases(8, min_words=100)
     data = synthetic_eval.write_files(tmp_path / "data", cases, shots)

@@ -5,11 +5,11 @@ needle of the prompts (not a phrase pinned in a config file), and the older flag
 Every command runs in-process (runpy, as `python SCRIPT ...` would run it) and fails before it loads a model.
 """
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+import script_module
 from test_cli import ROOT, run_script
 
 from longalign.scriptargs import parse_args
@@ -90,10 +90,7 @@ def test_key_phrase_defaults_to_the_needle_of_the_prompts(files, monkeypatch):
 
 
 def _module(script: str):
-    spec = importlib.util.spec_from_file_location(Path(script).stem + "_under_test", ROOT / script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return script_module.load(script, Path(script).stem + "_under_test")
 
 
 # script -> (the flags as docs/cli.md spells them, the older spellings that must mean the same)
